@@ -1,0 +1,216 @@
+"""The store's catalog in SQLite: which version of each document is current, chunk texts, FTS5 index.
+
+Chroma holds the vectors; this file holds the truth about what is committed. A document version
+("generation") is written as pending, its chunks go to both sides batch by batch, and one SQLite
+transaction makes it current. Whatever a crash leaves behind (pending generations, replaced ones not
+yet removed from Chroma) is recorded here and cleaned by `ArchivalStore.recover`.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    source TEXT PRIMARY KEY, generation TEXT NOT NULL, file_hash TEXT NOT NULL,
+    pages INTEGER NOT NULL, chunks INTEGER NOT NULL, ingested_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, generation TEXT NOT NULL, source TEXT NOT NULL,
+    idx INTEGER NOT NULL, page_start INTEGER NOT NULL, page_end INTEGER NOT NULL,
+    content_hash TEXT NOT NULL, text TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_generation ON chunks(generation);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, content='chunks', content_rowid='rowid', tokenize='unicode61');
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.rowid, new.text); END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.rowid, old.text); END;
+-- generations whose vectors may still be in Chroma but must not be: pending (an ingest that has not
+-- committed) or garbage (replaced or deleted documents)
+CREATE TABLE IF NOT EXISTS orphans (generation TEXT PRIMARY KEY, source TEXT NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_CURRENT = "JOIN documents d ON d.source = c.source AND d.generation = c.generation"
+_COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_hash"
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One committed chunk as search returns it."""
+
+    id: str
+    text: str
+    source: str
+    page_start: int
+    page_end: int
+    chunk: int
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    source: str
+    generation: str
+    file_hash: str
+    pages: int
+    chunks: int
+
+
+class Catalog:
+    """SQLite side of the store (WAL mode: readers see the last committed state during an ingest)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self._writes = 0  # data_version only counts other connections' commits
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- metadata -------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._writes += 1
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- documents ------------------------------------------------------------------------------
+    def document(self, source: str) -> DocumentRow | None:
+        row = self.db.execute(
+            "SELECT source, generation, file_hash, pages, chunks FROM documents WHERE source = ?", (source,)
+        ).fetchone()
+        return DocumentRow(*row) if row else None
+
+    def documents(self) -> list[DocumentRow]:
+        rows = self.db.execute("SELECT source, generation, file_hash, pages, chunks FROM documents ORDER BY source")
+        return [DocumentRow(*row) for row in rows]
+
+    def total_chunks(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(chunks), 0) FROM documents").fetchone()[0])
+
+    def begin(self, source: str, generation: str) -> None:
+        """Record a pending generation before any of its chunks is written anywhere."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO orphans(generation, source, kind) VALUES (?, ?, 'pending')", (generation, source)
+        )
+
+    def add_chunks(self, generation: str, source: str, chunks: Iterable[tuple]) -> None:
+        """Insert pending chunk rows: (id, idx, page_start, page_end, content_hash, text)."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO chunks(id, generation, source, idx, page_start, page_end, content_hash, text)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c[0], generation, source, *c[1:]) for c in chunks],
+            )
+
+    def commit(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> str | None:
+        """Make `generation` the current version of `source` in one transaction; return the replaced one."""
+        with self._transaction():
+            old = self.document(source)
+            self.db.execute("DELETE FROM chunks WHERE source = ? AND generation != ?", (source, generation))
+            self.db.execute(
+                "INSERT OR REPLACE INTO documents(source, generation, file_hash, pages, chunks, ingested_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (source, generation, file_hash, pages, chunks, time.time()),
+            )
+            self.db.execute("DELETE FROM orphans WHERE generation = ?", (generation,))
+            if old and old.generation != generation:
+                self._mark_garbage(old.generation, source)
+                return old.generation
+        return None
+
+    def delete(self, source: str) -> DocumentRow | None:
+        with self._transaction():
+            old = self.document(source)
+            if old:
+                self.db.execute("DELETE FROM chunks WHERE source = ?", (source,))
+                self.db.execute("DELETE FROM documents WHERE source = ?", (source,))
+                self._mark_garbage(old.generation, source)
+        return old
+
+    def _mark_garbage(self, generation: str, source: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO orphans(generation, source, kind) VALUES (?, ?, 'garbage')", (generation, source)
+        )
+
+    def orphans(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT generation FROM orphans")]
+
+    def forget_orphan(self, generation: str) -> None:
+        """The orphan's vectors are gone from Chroma: drop its rows here too."""
+        with self._transaction():
+            self.db.execute("DELETE FROM chunks WHERE generation = ?", (generation,))
+            self.db.execute("DELETE FROM orphans WHERE generation = ?", (generation,))
+
+    def version(self) -> int:
+        """Changes whenever any connection commits to the catalog (search caches key on it)."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0]) + self._writes
+
+    def committed(self, ids: Sequence[str]) -> set[str]:
+        return set(self.records(ids))
+
+    def current_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute(f"SELECT c.id FROM chunks c {_CURRENT}")}
+
+    # -- search ---------------------------------------------------------------------------------
+    def records(self, ids: Sequence[str]) -> dict[str, ChunkRecord]:
+        """The committed chunks among `ids` (others, e.g. of a pending ingest, are left out)."""
+        found: dict[str, ChunkRecord] = {}
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(f"SELECT {_COLUMNS} FROM chunks c {_CURRENT} WHERE c.id IN ({marks})", part)
+            found.update((row[0], ChunkRecord(*row)) for row in rows)
+        return found
+
+    def lexical(self, query: str, limit: int) -> list[str]:
+        """Ids of committed chunks matching any query term, best BM25 first."""
+        match = fts_query(query)
+        if not match:
+            return []
+        rows = self.db.execute(
+            f"SELECT c.id FROM chunks_fts f JOIN chunks c ON c.rowid = f.rowid {_CURRENT}"
+            " WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts), c.id LIMIT ?",
+            (match, limit),
+        )
+        return [row[0] for row in rows]
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+
+class _Transaction:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def __enter__(self) -> None:
+        self.catalog.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        self.catalog.db.execute("ROLLBACK" if kind else "COMMIT")
+        self.catalog._writes += 1
+
+
+_TERM = re.compile(r"[\w][\w\-.:/@']*", re.UNICODE)
+
+
+def query_terms(query: str) -> list[str]:
+    """Words and identifiers of a query (UUIDs, error codes and paths stay whole)."""
+    terms = [term.strip(".:/@'-") for term in _TERM.findall(query)]
+    return list(dict.fromkeys(term for term in terms if term))
+
+
+def fts_query(query: str) -> str:
+    """An FTS5 MATCH expression: each term as a quoted phrase, any of them may match."""
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in query_terms(query)[:64])

