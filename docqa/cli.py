@@ -203,3 +203,148 @@ def search(query: str, page: int, page_size: int | None, mode: str, as_json: boo
         emit_json(result.to_json())
     else:
         click.echo(result.format())
+
+
+def llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that say which OpenAI-compatible LLM to talk to."""
+    options = [
+        click.option("--model", help="Chat model name [env DOCQA_MODEL]."),
+        click.option("--base-url", help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 for vLLM, "
+                     "http://localhost:11434/v1 for Ollama [env OPENAI_BASE_URL; default OpenAI]."),
+        click.option("--api-key", help="API key [env OPENAI_API_KEY; a local --base-url needs none]."),
+        click.option("--llm-mode", type=click.Choice(["auto", "tools", "json"]),
+                     help="tools: native tool calling; json: the model writes function calls as JSON; "
+                     "auto: tools, switching to json if the server rejects tools [env DOCQA_LLM_MODE]."),
+        click.option("--context-window", type=click.IntRange(min=512),
+                     help="The model's context window in tokens [env DOCQA_CONTEXT_WINDOW; default 8192]."),
+        click.option("--max-steps", type=click.IntRange(min=1), help="LLM calls allowed per question (default 20)."),
+        click.option("--llm-timeout", type=float, help="Seconds to wait for one LLM reply (default 120)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+NO_LLM_HELP = ("no LLM configured. Set DOCQA_MODEL and OPENAI_API_KEY (OpenAI), or DOCQA_MODEL and "
+               "OPENAI_BASE_URL for a local OpenAI-compatible server (vLLM, Ollama, llama.cpp), or pass "
+               "--model/--base-url. Showing the top archival search results instead.")
+
+
+def make_client(config: Settings) -> Any:
+    from docqa.llm import ChatClient
+
+    return ChatClient(config.model or "", base_url=config.base_url, api_key=config.api_key, mode=config.llm_mode,
+                      timeout=config.llm_timeout)
+
+
+def print_trace(kind: str, data: dict[str, Any]) -> None:
+    """--trace: each step as it happens, like the paper's Figures 6 and 8."""
+    if kind == "thought":
+        click.secho(f"  thought: {data['text'].strip()}", fg="cyan", err=True)
+    elif kind == "call":
+        click.secho(f"  call: {data['function']}({data['arguments'][:300]})", fg="yellow", err=True)
+    elif kind == "result":
+        text = " ".join(data["result"].split())
+        click.secho(f"  result: {text[:240]}{'...' if len(text) > 240 else ''}", fg="green" if data["ok"] else "red",
+                    err=True)
+    else:
+        click.secho(f"  [{kind}] {data.get('message', '')}", fg="magenta", err=True)
+
+
+def format_answer(result: Any) -> str:
+    lines = [result.answer or "(no answer)"]
+    if result.citations:
+        lines.append("\nSources:")
+        for n, c in enumerate(result.citations, start=1):
+            page = c["page"] if c["page"] == c.get("page_end", c["page"]) else f"{c['page']}-{c['page_end']}"
+            excerpt = " ".join(c["text"].split())
+            lines.append(f"[{n}] {c['source']}, page {page}: \"{excerpt[:200]}{'...' if len(excerpt) > 200 else ''}\"")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("question")
+@store_options
+@llm_options
+@click.option("--session", help="Use (and update) the memory of this chat session.")
+@click.option("--trace", is_flag=True, help="Print each step: inner thoughts, function calls, results.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON result.")
+@click.option("--no-llm", is_flag=True, help="Do not call an LLM: print the top archival search results.")
+@friendly
+def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: bool, **flags: Any) -> None:
+    """Answer QUESTION from archival memory, citing sources and pages.
+
+    Exit code 0 when answered (or with --no-llm), 1 when the step limit was hit or the LLM failed.
+    """
+    from docqa.agent import Agent, AgentResult
+
+    config = build_settings(**flags)
+    store = open_store(config)
+    if no_llm or not config.model:
+        if not no_llm:
+            click.echo(f"docqa: {NO_LLM_HELP}", err=True)
+        page = store.search(question)
+        result = AgentResult(answer="", status="no_llm", citations=[
+            {"source": h.record.source, "page": h.record.page_start, "page_end": h.record.page_end,
+             "chunk": h.record.chunk, "text": h.record.text} for h in page.hits])
+        if as_json:
+            emit_json(result.to_json())
+        else:
+            click.echo(page.format())
+        return
+    sessions = _sessions(config) if session else None
+    agent = Agent(config, store, make_client(config), session=session or "ask", sessions=sessions,
+                  on_event=print_trace if trace else None)
+    result = agent.ask(question)
+    if as_json:
+        emit_json(result.to_json())
+    elif result.status == "answered":
+        click.echo(format_answer(result))
+    elif result.status == "step_limit":
+        click.echo(f"docqa: no answer within {config.max_steps} steps (--max-steps); try --trace to see why",
+                   err=True)
+    else:
+        click.echo(f"docqa: error: {result.error}", err=True)
+    sys.exit(0 if result.status == "answered" else 1)
+
+
+def _sessions(config: Settings) -> Any:
+    from docqa.memory import SessionStore
+
+    return SessionStore(config.store_dir / "sessions.sqlite3")
+
+
+@main.command()
+@store_options
+@llm_options
+@click.option("--session", default="default", show_default=True, help="Conversation to continue (memory persists).")
+@click.option("--trace", is_flag=True, help="Print each step: inner thoughts, function calls, results.")
+@friendly
+def chat(session: str, trace: bool, **flags: Any) -> None:
+    """Talk with the agent over several turns; its memory persists across runs (/exit to leave)."""
+    from docqa.agent import Agent
+
+    config = build_settings(**flags)
+    if not config.model:
+        raise UserError(NO_LLM_HELP.split(" Showing")[0])
+    store = open_store(config)
+    agent = Agent(config, store, make_client(config), session=session, sessions=_sessions(config),
+                  on_event=print_trace if trace else None)
+    click.echo(f"docqa chat, session '{session}' ({store.count()} chunks in archival memory). /exit to leave.",
+               err=True)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if not line.strip():
+            continue
+        result = agent.turn(line)
+        if result.status == "answered":
+            click.echo(f"docqa> {format_answer(result)}")
+        elif result.status == "step_limit":
+            click.echo(f"docqa: no answer within {config.max_steps} steps", err=True)
+        else:
+            click.echo(f"docqa: error: {result.error}", err=True)

@@ -194,3 +194,20 @@ def delete_paths(store: ArchivalStore, paths: Iterable[Path]) -> tuple[list[str]
                 store.delete_document(match)
                 removed.append(match)
     return removed, missing
+
+
+def ingest_text(store: ArchivalStore, source: str, text: str) -> int:
+    """Store one piece of text as its own document (the agent's archival_memory_insert); return its chunks."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    settings = store.settings
+    with store.writing():
+        generation = store.begin_document(source, digest)
+        chunks = list(chunk_pages([Page(1, text)], store.embedder.tokenizer, settings.chunk_tokens,
+                                  settings.overlap_tokens))
+        try:
+            store.add_chunks(generation, source, chunks, store.embedder.embed([c.text for c in chunks]))
+        except BaseException:
+            store.abort_document(generation)
+            raise
+        store.commit_document(source, generation, digest, 1, len(chunks))
+    return len(chunks)
