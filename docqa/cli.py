@@ -107,7 +107,8 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_options
-@click.option("--chunk-tokens", type=int, help="Chunk size in embedding-model tokens (default 200, max 254 for MiniLM).")
+@click.option("--chunk-tokens", type=int,
+              help="Chunk size in embedding-model tokens (default 200, max 254 for MiniLM).")
 @click.option("--overlap", "overlap_tokens", type=int, help="Tokens shared by neighbouring chunks (default 40).")
 @click.option("--batch-size", type=int, help="Embedding batch size (default 32).")
 @click.option("--delete", "delete", is_flag=True, help="Remove these documents from the store instead.")
