@@ -24,12 +24,13 @@ SECRET = "sk-test-SECRET-0123456789"
 
 def kv_sample(lookups: int, sample: int) -> tuple[list[list[str]], str, str, list[str]]:
     """Build a nested-KV sample as the paper's code did: (pairs, query key, expected value, chain keys)."""
-    record = json.loads(gzip.open(DATA / "kv-retrieval-140_keys.first.jsonl.gz", "rt").readline())
+    with gzip.open(DATA / "kv-retrieval-140_keys.first.jsonl.gz", "rt") as handle:
+        record = json.loads(handle.readline())
     pairs = [list(p) for p in record["ordered_kv_records"]]
     order = json.loads((DATA / f"random_orderings_100_samples_140_indices_{lookups}_levels.jsonl")
                        .read_text().splitlines()[sample])
     expected = pairs[order[-1]][1]
-    for a, b in zip(order, order[1:]):
+    for a, b in zip(order, order[1:], strict=False):
         pairs[a][1] = pairs[b][0]
     return pairs, pairs[order[0]][0], expected, [pairs[i][0] for i in order]
 

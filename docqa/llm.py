@@ -1,0 +1,432 @@
+"""The OpenAI-compatible chat client: native tool calls or a JSON fallback, retries, usage accounting.
+
+`ChatClient.complete` sends the agent's messages to any server that speaks the chat-completions protocol
+(OpenAI, vLLM, Ollama, llama.cpp, LM Studio) and returns a `Reply`. Two ways to call functions:
+
+- tools mode: the server's native tool calling (`tools=`, `tool_choice="auto"`);
+- json mode, for servers or models without it: the functions are described in the system message, the
+  model answers with one JSON object `{"function": ..., "arguments": {...}}`, and the history is rewritten
+  so the server never sees tool messages.
+
+auto mode starts with tools and switches to json for good when the server says it does not support tools.
+Transient failures are retried by the `openai` client itself; whatever still fails becomes an `LLMError`
+whose text is one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+
+MODES = ("auto", "tools", "json")
+PLACEHOLDER_KEY = "not-needed"  # local servers ignore the key, but the openai client insists on one
+MAX_ARGUMENT_CHARS = 1_000_000  # bigger tool-call arguments are cut (see _tool_call)
+KEPT_ARGUMENT_CHARS = 200
+FUNCTION_RESULT_PREFIX = "FUNCTION RESULT"  # json mode: how function results reach the model
+MAX_JSON_ATTEMPTS = 64  # json mode: how many "{" to try parsing a call from, so a long reply stays cheap
+
+JSON_MODE_INSTRUCTIONS = """# Functions
+You act by calling the functions listed below. To call one, reply with exactly one JSON object and \
+nothing else, in this form:
+{"thoughts": "<short private reasoning, optional>", "function": "<function name>", "arguments": {<arguments \
+matching the function's parameters>}}
+The result comes back in a user message that starts with "FUNCTION RESULT (<function name>):".
+
+Available functions:"""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model asked for."""
+
+    id: str
+    name: str
+    arguments: str  # raw JSON text as the model produced it; may be invalid JSON, the caller checks it
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the model answered: inner thoughts, function calls, and what the call cost in tokens."""
+
+    content: str | None
+    tool_calls: list[ToolCall]
+    prompt_tokens: int  # from the server's usage; estimated when the server sends none
+    completion_tokens: int
+
+
+class LLMError(Exception):
+    """A user-facing error: str(e) is one clear line that says what to do. Never contains the API key."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated token count of `text`: ceil(len / 4).
+
+    About four characters per token holds for English with GPT-style BPE tokenizers; it needs no tokenizer
+    download and works for any model, which matters more here than precision.
+    """
+    return math.ceil(len(text) / 4)
+
+
+def estimate_messages_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    """Estimated prompt tokens of a chat request: every message's text and tool calls, plus the tool schemas."""
+    total = 0
+    for message in messages:
+        text = _text(message.get("content"))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            text += str(function.get("name") or "") + str(function.get("arguments") or "")
+        total += estimate_tokens(text) + 4  # the role and separators cost a few tokens per message
+    if tools:
+        total += estimate_tokens(json.dumps(tools))
+    return total
+
+
+class ChatClient:
+    """A chat model behind an OpenAI-compatible API; `complete` is the only call the agent needs.
+
+    `mode` is "auto", "tools" or "json"; "auto" becomes "tools" or "json" after the first call that offers
+    functions. `timeout` and `max_retries` configure the client built here; an injected `client` keeps its own.
+    """
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
+                 mode: str = "auto", timeout: float = 60.0, max_retries: int = 3,
+                 client: openai.OpenAI | None = None) -> None:
+        if not model:
+            raise LLMError("no model given: pass --model or set DOCQA_MODEL")
+        if mode not in MODES:
+            raise LLMError(f"unknown LLM mode '{mode}': use auto, tools or json (--llm-mode or DOCQA_LLM_MODE)")
+        if not timeout > 0:
+            raise LLMError(f"the LLM timeout must be more than 0 seconds, not {timeout}: fix --llm-timeout")
+        if max_retries < 0:
+            raise LLMError(f"max_retries must be 0 or more, not {max_retries}")
+        self.model = model
+        self.mode = mode
+        if client is None:
+            base_url = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
+            api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or None
+            if not api_key:
+                if not base_url:
+                    raise LLMError("No API key: set OPENAI_API_KEY or pass --api-key "
+                                   "(for a local server pass --base-url)")
+                api_key = PLACEHOLDER_KEY
+            try:
+                client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+            except openai.OpenAIError as exc:
+                raise LLMError(f"cannot set up the LLM client ({_one_line(str(exc))}): check --base-url") from None
+        self._client = client
+        client_key = getattr(client, "api_key", None)
+        self._secrets = [s for s in (api_key, client_key) if isinstance(s, str) and s and s != PLACEHOLDER_KEY]
+        self.base_url = _display_url(str(client.base_url))
+        self.timeout = _seconds(getattr(client, "timeout", None), timeout)  # an injected client's own, for messages
+        self.max_retries = int(getattr(client, "max_retries", max_retries))
+
+    # -- the one public call -------------------------------------------------------------------
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Reply:
+        """Ask the model for its next message; `tools` are OpenAI tool schemas (None: plain chat)."""
+        tools = tools or None
+        if self.mode == "json":
+            return self._complete_json(messages, tools)
+        try:
+            reply = self._complete_tools(messages, tools)
+        except _ToolsRejected as rejected:
+            if self.mode == "tools":
+                raise self._error(f"the LLM server at {self.base_url} does not accept native tool calls "
+                                  f"({rejected}): pass --llm-mode json (or auto)") from None
+            self.mode = "json"  # for the rest of this client's life: the server will not change its mind
+            return self._complete_json(messages, tools)
+        if tools and self.mode == "auto":
+            self.mode = "tools"
+        return reply
+
+    # -- the two modes ---------------------------------------------------------------------------
+    def _complete_tools(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Reply:
+        payload: dict[str, Any] = {"messages": messages}
+        if tools:
+            payload.update(tools=tools, tool_choice="auto")
+        message, usage = self._send(payload)
+        content = _text(message.get("content")) or None
+        calls = _native_calls(message)
+        return self._reply(content, calls, usage, messages, tools)
+
+    def _complete_json(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Reply:
+        sent = to_json_mode(messages, tools)
+        message, usage = self._send({"messages": sent})
+        content = _text(message.get("content")) or None
+        # A server may still return native calls (some parse them out of the text themselves): take them.
+        calls = _native_calls(message)
+        if tools and not calls and content:
+            call, thoughts = parse_json_call(content)
+            if call is not None:
+                calls, content = [call], thoughts
+        return self._reply(content, calls, usage, sent, None)
+
+    def _reply(self, content: str | None, calls: list[ToolCall], usage: dict[str, Any],
+               sent: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Reply:
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if not isinstance(prompt, int) or isinstance(prompt, bool) or prompt < 0:
+            prompt = estimate_messages_tokens(sent, tools)
+        if not isinstance(completion, int) or isinstance(completion, bool) or completion < 0:
+            completion = estimate_tokens((content or "") + "".join(c.name + c.arguments for c in calls))
+        return Reply(content=content, tool_calls=calls, prompt_tokens=prompt, completion_tokens=completion)
+
+    # -- the wire ------------------------------------------------------------------------------
+    def _send(self, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """POST one request (the openai client retries transient failures); (message, usage) of the answer."""
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(model=self.model, **payload)
+            text = raw.http_response.text
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if "tools" in payload and _rejects_tools(_server_message(exc)):
+                raise _ToolsRejected(_server_message(exc)) from None
+            raise self._mapped(exc) from None
+        except openai.OpenAIError as exc:
+            raise self._mapped(exc) from None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            raise self._unusable(f"not JSON: {text[:80]!r}") from None
+        if not isinstance(body, dict):
+            raise self._unusable(f"expected a JSON object, got {type(body).__name__}")
+        if body.get("error"):
+            error = body["error"]
+            detail = error.get("message") if isinstance(error, dict) else error
+            raise self._error(f"the LLM server at {self.base_url} answered with an error ({detail}): "
+                              "check the server's log, --model and --base-url")
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise self._unusable("no choices in the answer")
+        message = choices[0].get("message") if isinstance(choices[0], dict) else None
+        if not isinstance(message, dict):
+            raise self._unusable("the first choice has no message")
+        usage = body.get("usage")
+        return message, usage if isinstance(usage, dict) else {}
+
+    def _mapped(self, exc: openai.OpenAIError) -> LLMError:
+        """The openai client's final exception, as one line that says what to do."""
+        url = self.base_url
+        retries = f" after {self.max_retries} retries" if self.max_retries else ""
+        if isinstance(exc, openai.APITimeoutError):
+            return self._error(f"the LLM server at {url} did not answer within {self.timeout:g} s{retries}: "
+                               "check that it is not overloaded, or raise --llm-timeout")
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            if type(cause).__name__ == "ConnectError":
+                return self._error(f"cannot reach the LLM server at {url}: {cause} — is it running? check --base-url")
+            return self._error(f"the connection to the LLM server at {url} broke ({cause or exc}){retries}: "
+                               "check that the server is healthy, then try again")
+        if isinstance(exc, openai.APIStatusError):
+            status, detail = exc.status_code, _server_message(exc)
+            if status == 401:
+                return self._error(f"the LLM server at {url} rejected the API key (401): "
+                                   "check OPENAI_API_KEY / --api-key")
+            if status == 403:
+                return self._error(f"the LLM server at {url} refused access (403: {detail}): "
+                                   f"check that your key may use model '{self.model}'")
+            if status == 404:
+                return self._error(f"model '{self.model}' not found at {url} (404: {detail}): check --model, "
+                                   "and that --base-url ends where the API starts (often /v1)")
+            if status == 429:
+                return self._error(f"the LLM server at {url} is rate limiting requests (429){retries}: "
+                                   "wait a minute and try again")
+            if status >= 500:
+                return self._error(f"the LLM server at {url} failed with HTTP {status}{retries} ({detail}): "
+                                   "check the server's log, then try again")
+            hint = " or --llm-mode json" if self.mode != "json" else ""
+            return self._error(f"the LLM server at {url} rejected the request (HTTP {status}: {detail}): "
+                               f"check --model{hint}; a smaller --context-window helps if the prompt is too long")
+        if isinstance(exc, openai.APIResponseValidationError):
+            return self._unusable(str(exc))
+        return self._error(f"the request to the LLM server at {url} failed ({exc}): check --base-url and --model")
+
+    def _unusable(self, detail: str) -> LLMError:
+        return self._error(f"the LLM server at {self.base_url} sent an unusable response: {detail} — "
+                           "check that --base-url points at an OpenAI-compatible /v1 API")
+
+    def _error(self, text: str) -> LLMError:
+        """An LLMError with the key scrubbed out, whatever the server echoed back."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return LLMError(_one_line(text))
+
+
+class _ToolsRejected(Exception):
+    """The server refused the request because it carried tools (auto mode then switches to json)."""
+
+
+# -- json mode ----------------------------------------------------------------------------------
+def to_json_mode(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The history rewritten for a server without tool calling: calls as JSON text, results as user messages.
+
+    With `tools`, the first system message also describes the functions and how to call them.
+    """
+    out: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_call_id -> function name, to label each result
+    described = not tools
+    for message in messages:
+        role = message.get("role")
+        content = _text(message.get("content"))
+        if role == "system" and not described:
+            out.append({"role": "system", "content": f"{content}\n\n{describe_functions(tools or [])}".lstrip()})
+            described = True
+        elif role == "assistant" and message.get("tool_calls"):
+            lines = []
+            for call in message["tool_calls"]:
+                function = call.get("function") or {}
+                names[call.get("id", "")] = name = str(function.get("name") or "")
+                lines.append(json_call_text(name, str(function.get("arguments") or ""), content))
+                content = ""  # the thoughts go with the first call only
+            out.append({"role": "assistant", "content": "\n".join(lines)})
+        elif role == "tool":
+            name = names.get(message.get("tool_call_id", ""), "function")
+            out.append({"role": "user", "content": f"{FUNCTION_RESULT_PREFIX} ({name}):\n{content}"})
+        else:
+            out.append({"role": role, "content": content})  # drops fields a plain chat server may reject
+    if not described:
+        out.insert(0, {"role": "system", "content": describe_functions(tools or [])})
+    return out
+
+
+def describe_functions(tools: list[dict[str, Any]]) -> str:
+    """The json-mode system text: how to call a function, then each function with its parameter schema."""
+    parts = [JSON_MODE_INSTRUCTIONS]
+    for tool in tools:
+        function = tool.get("function") or {}
+        parts.append(f"\n## {function.get('name')}\n{function.get('description') or ''}\n"
+                     f"Parameters (JSON schema): {json.dumps(function.get('parameters') or {})}")
+    return "\n".join(parts)
+
+
+def json_call_text(name: str, arguments: str, thoughts: str = "") -> str:
+    """One call as the JSON object json mode asks the model for (arguments kept raw if they are not JSON)."""
+    try:
+        parsed: Any = json.loads(arguments or "{}")
+    except ValueError:
+        parsed = arguments
+    call: dict[str, Any] = {"thoughts": thoughts} if thoughts else {}
+    call.update(function=name, arguments=parsed)
+    return json.dumps(call)
+
+
+def parse_json_call(text: str) -> tuple[ToolCall | None, str | None]:
+    """The first JSON function call in a reply, tolerating code fences and text around it; (call, thoughts)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    for _ in range(MAX_JSON_ATTEMPTS):
+        if start < 0:
+            break
+        try:
+            obj, _end = decoder.raw_decode(text, start)
+        except ValueError:
+            obj = None
+        found = _call_from_object(obj) if isinstance(obj, dict) else None
+        if found is not None:
+            name, arguments = found
+            thoughts = obj.get("thoughts") or obj.get("thought")  # type: ignore[union-attr]
+            if not isinstance(thoughts, str) or not thoughts.strip():
+                thoughts = text[:start].replace("```json", "").replace("```", "").strip()
+            return _tool_call(_new_id(), name, arguments), thoughts or None
+        start = text.find("{", start + 1)
+    return None, text
+
+
+def _call_from_object(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, arguments) from {"function": NAME, "arguments": {...}} or the OpenAI-like variants models write."""
+    function = obj.get("function")
+    arguments = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(function, dict):  # {"function": {"name": ..., "arguments": ...}}
+        function, arguments = function.get("name"), function.get("arguments", arguments)
+    if not isinstance(function, str):
+        function = obj.get("name")
+    if not isinstance(function, str) or not function:
+        return None
+    return function, arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+# -- small helpers ------------------------------------------------------------------------------
+def _native_calls(message: dict[str, Any]) -> list[ToolCall]:
+    calls = []
+    for call in message.get("tool_calls") or []:
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):  # some servers send an object instead of JSON text
+            arguments = "" if arguments is None else json.dumps(arguments)
+        calls.append(_tool_call(str(call.get("id") or _new_id()), str(function.get("name") or ""), arguments))
+    return calls
+
+
+def _tool_call(call_id: str, name: str, arguments: str) -> ToolCall:
+    """A ToolCall; arguments past MAX_ARGUMENT_CHARS are cut to a short prefix plus a note.
+
+    The cut text is never valid JSON, so the agent refuses the call and tells the model, and megabytes of
+    runaway output never enter the context or the session store.
+    """
+    if len(arguments) > MAX_ARGUMENT_CHARS:
+        arguments = (f"{arguments[:KEPT_ARGUMENT_CHARS]} ... [docqa cut these arguments: {len(arguments)} "
+                     f"characters is over the limit of {MAX_ARGUMENT_CHARS}]")
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def _new_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _text(content: Any) -> str:
+    """Message content as text; some servers send a list of parts instead of a string."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _rejects_tools(message: str) -> bool:
+    """Whether a 400 says the server or model cannot do tool calling (not just a bad tool message).
+
+    Real wordings: Ollama "... does not support tools", vLLM '"auto" tool choice requires
+    --enable-auto-tool-choice', llama.cpp "tools param requires --jinja flag", pydantic-based servers
+    "tools: extra inputs are not permitted". OpenAI's "messages with role 'tool' must be a response to ..."
+    is about our history, and switching modes would hide that bug, so it does not count.
+    """
+    text = message.lower()
+    if not any(word in text for word in ("tool", "function")):
+        return False
+    return any(word in text for word in ("support", "requires", "enable", "jinja", "unknown", "unrecognized",
+                                         "unexpected", "not allowed", "not permitted", "extra"))
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        detail = body.get("message") or body.get("detail") or json.dumps(body)
+    else:
+        detail = body or exc.message
+    return _one_line(str(detail))[:300]
+
+
+def _seconds(timeout: Any, default: float) -> float:
+    """The read timeout in seconds of a float or an httpx Timeout."""
+    read = getattr(timeout, "read", timeout)
+    return float(read) if isinstance(read, int | float) and not isinstance(read, bool) else default
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _display_url(url: str) -> str:
+    """The base URL for messages: without user:password or query, which may hold secrets."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
