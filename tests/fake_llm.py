@@ -16,9 +16,12 @@ model's part of the protocol:
 It also checks requests the way OpenAI does (a tool message must answer a call of the assistant message
 before it; tool_choice needs tools) and answers 400 otherwise, so protocol bugs fail tests.
 
-Faults are a queue consumed one per request, before the policy runs: "500", "429" (or any 4xx/5xx
-status), "hang", "non_json", "empty_choices", "close", "huge_args". "reject_tools" is not consumed: every
-request that carries tools gets a 400 saying tools are not supported.
+Faults are a queue consumed one per request, before the policy runs: "500", "429" or any other 4xx/5xx
+status (the error message echoes the request's API key, as leaky servers do, so scrubbing is tested; 429
+and 5xx say retry-after-ms: 10 so retries are quick), "hang" (no answer for 5 s), "non_json",
+"empty_choices", "close" (socket closed mid-body), "huge_args" (a 10 MB archival_memory_search call).
+"reject_tools" is not consumed: every request that carries tools gets a 400 saying tools are not supported.
+`add_faults` queues more while the server runs; `.authorizations` holds each request's Authorization header.
 """
 
 from __future__ import annotations
