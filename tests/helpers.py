@@ -1,0 +1,75 @@
+"""Running the real `docqa` command in-process (CliRunner) or as a subprocess, and reading the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from docqa.chunking import chunk_pages
+from docqa.cli import main
+from docqa.readers import Page
+from docqa.settings import resolve
+from docqa.store import ArchivalStore
+
+DOCQA = Path(sys.executable).parent / "docqa"  # the console script installed with the package
+
+
+def invoke(*args: object) -> Result:
+    """`docqa ARGS...` in this process (stdout and stderr kept apart); exceptions are not swallowed."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def invoke_json(*args: object) -> tuple[Result, Any]:
+    result = invoke(*args, "--json")
+    assert result.stdout.strip(), f"no JSON on stdout; stderr: {result.stderr}"
+    return result, json.loads(result.stdout)
+
+
+def run_docqa(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`docqa ARGS...` as a real subprocess, the way a user runs it."""
+    return subprocess.run([str(DOCQA), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+def search_json(query: str, *args: object) -> dict[str, Any]:
+    result, payload = invoke_json("search", query, *args)
+    assert result.exit_code == 0, result.stderr
+    return payload
+
+
+def ingest_json(*args: object) -> tuple[int, dict[str, Any], str]:
+    """Run `docqa ingest ARGS --json`; return (exit code, report, stderr)."""
+    result, payload = invoke_json("ingest", *args)
+    return result.exit_code, payload, result.stderr
+
+
+def open_store(**flags: Any) -> ArchivalStore:
+    """The store the CLI would open with these flags (env vars apply, as for the CLI)."""
+    return ArchivalStore(resolve(**flags))
+
+
+def stored_chunks(**flags: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(text, metadata) of every chunk physically in Chroma, in document and chunk order."""
+    got = open_store(**flags).collection.get(include=["documents", "metadatas"])
+    rows = list(zip(got["documents"], got["metadatas"], strict=True))
+    return sorted(rows, key=lambda row: (row[1]["source"], row[1]["chunk"]))
+
+
+def write_pending(store: Any, embedder: Any, source: str, text: str) -> str:
+    """What an ingest killed after writing a batch leaves behind: a begun, uncommitted version."""
+    generation = store.begin_document(source, "f" * 64)
+    chunks = list(chunk_pages([Page(1, text)], embedder.tokenizer, 200, 40))
+    store.add_chunks(generation, source, chunks, embedder.embed([c.text for c in chunks]))
+    return generation
+
+
+def assert_invisible(word: str) -> None:
+    for mode in ("hybrid", "dense", "lexical"):
+        results = search_json(word, "--mode", mode, "--page-size", 100)["results"]
+        assert not [hit for hit in results if word in hit["text"]], mode
