@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS orphans (generation TEXT PRIMARY KEY, source TEXT NOT
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Lexical search leaves out a term found in more than this share of the chunks (and in more than the
+# floor), when the query has rarer ones: see Catalog._selective.
+_COMMON_SHARE = 0.10
+_COMMON_FLOOR = 5000
+
 _CURRENT = "JOIN documents d ON d.source = c.source AND d.generation = c.generation"
 _COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_hash"
 
@@ -72,6 +77,9 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self._writes = 0  # data_version only counts other connections' commits
+        self._common: dict[str, bool] = {}  # query term -> in too many chunks to be worth scoring
+        self._common_version = -1
+        self._common_threshold = 0  # 0: keep every term
 
     def close(self) -> None:
         self.db.close()
@@ -157,8 +165,19 @@ class Catalog:
         """Changes whenever any connection commits to the catalog (search caches key on it)."""
         return int(self.db.execute("PRAGMA data_version").fetchone()[0]) + self._writes
 
+    def others_version(self) -> int:
+        """Changes whenever another connection (another process, another store object) commits."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def committed(self, ids: Sequence[str]) -> set[str]:
-        return set(self.records(ids))
+        """The committed ids among `ids` (ids only: dense search filters ~260 per query, texts unneeded)."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            found.update(row[0] for row in self.db.execute(
+                f"SELECT c.id FROM chunks c {_CURRENT} WHERE c.id IN ({marks})", part))
+        return found
 
     def current_ids(self) -> set[str]:
         return {row[0] for row in self.db.execute(f"SELECT c.id FROM chunks c {_CURRENT}")}
@@ -175,16 +194,68 @@ class Catalog:
         return found
 
     def lexical(self, query: str, limit: int) -> list[str]:
-        """Ids of committed chunks matching any query term, best BM25 first."""
-        match = fts_query(query)
-        if not match:
+        """Ids of committed chunks matching any query term, best BM25 first (ties by id)."""
+        terms = query_terms(query)[:64]
+        if not terms:
             return []
-        rows = self.db.execute(
-            f"SELECT c.id FROM chunks_fts f JOIN chunks c ON c.rowid = f.rowid {_CURRENT}"
-            " WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts), c.id LIMIT ?",
-            (match, limit),
-        )
-        return [row[0] for row in rows]
+        match = _match(self._selective(terms))
+        # BM25 over the FTS index alone, then the committed filter on the few best rows: joining every
+        # match to chunks/documents before sorting cost ~2x more at 100k chunks. Rows of a pending
+        # ingest may fill the fetched head, so fetch deeper until the answer is provably complete.
+        fetch = limit + 64
+        while True:
+            head = self.db.execute(
+                "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?"
+                " ORDER BY bm25(chunks_fts) LIMIT ?", (match, fetch)).fetchall()
+            scores = dict(head)
+            ranked = sorted((scores[rowid], chunk_id) for rowid, chunk_id in self._committed_rowids(list(scores)))
+            ranked = ranked[:limit]
+            # Complete when nothing is left unfetched, or when every unfetched row scores worse than the
+            # last one kept (strictly: a tie could still win on id).
+            if len(head) < fetch or (len(ranked) == limit and ranked[-1][0] < head[-1][1]):
+                return [chunk_id for _, chunk_id in ranked]
+            fetch *= 4
+
+    def _committed_rowids(self, rowids: list[int]) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        for start in range(0, len(rowids), 500):
+            part = rowids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            out.extend(self.db.execute(f"SELECT c.rowid, c.id FROM chunks c {_CURRENT} WHERE c.rowid IN ({marks})",
+                                       part))
+        return out
+
+    def _selective(self, terms: list[str]) -> list[str]:
+        """`terms` less the very common ones, when rarer terms remain to match.
+
+        FTS5 scores every chunk that matches any term of an OR query, so one "the" or "who" makes each
+        search compute BM25 for most of the store (~300 ms at 100k chunks on 2 cores). A term in more
+        than _COMMON_SHARE of the chunks adds little to BM25 (idf below log 9; FTS5 floors it at 1e-6
+        past half of them), so it is left out. A term in at most _COMMON_FLOOR chunks is always kept
+        (scoring that many is cheap), so small stores search with every term. Counts are cached per
+        catalog version.
+        """
+        version = self.version()
+        if version != self._common_version:
+            self._common = {}
+            self._common_version = version
+            total = self.total_chunks()
+            # A term in over half the chunks has an idf FTS5 floors near zero: it ranks nothing, it only
+            # makes every chunk "match", and those chunks' arbitrary order then drowns the exact matches in
+            # the fused ranking. So half the store is the threshold even where scoring all would be cheap.
+            threshold = min(max(int(total * _COMMON_SHARE), _COMMON_FLOOR), total // 2)
+            self._common_threshold = threshold if total >= 2 else 0  # 0: too small to bother
+        threshold = self._common_threshold
+        if not threshold or len(terms) < 2:
+            return terms
+        for term in terms:
+            if term not in self._common:
+                (count,) = self.db.execute(
+                    "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
+                    (_match([term]), threshold + 1)).fetchone()
+                self._common[term] = count > threshold
+        rare = [term for term in terms if not self._common[term]]
+        return rare or terms  # all common: the slow but faithful query
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -213,4 +284,8 @@ def query_terms(query: str) -> list[str]:
 
 def fts_query(query: str) -> str:
     """An FTS5 MATCH expression: each term as a quoted phrase, any of them may match."""
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in query_terms(query)[:64])
+    return _match(query_terms(query)[:64])
+
+
+def _match(terms: list[str]) -> str:
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)

@@ -7,11 +7,17 @@ embedding model sees all of it: no chunk exceeds the model's maximum sequence le
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from docqa.readers import Page
+
+
+# Python strings may hold unpaired UTF-16 surrogates (a PDF's broken ToUnicode map, an LLM's JSON
+# "\\ud800" escape); the tokenizer and the UTF-8 stores reject them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -60,37 +66,61 @@ def chunk_pages(pages: Iterable[Page], tokenizer: Any, chunk_tokens: int, overla
     emitted = 0  # window[:emitted] already went out in the previous chunk (the overlap)
     index = 0
     for page in pages:
-        tokens = _tokenize(tokenizer, page)
+        text = _LONE_SURROGATE.sub("\ufffd", page.text)  # one for one, so token offsets still index it
+        tokens = _tokenize(tokenizer, Page(page.number, text))
         if not tokens:
             continue
-        texts[page.number] = page.text
-        window.extend(tokens)
-        while len(window) > chunk_tokens:
-            cut = _cut_point(window, chunk_tokens)
-            yield _make_chunk(index, window[:cut], texts)
-            index += 1
-            restart = _restart_point(window, cut, overlap)
-            window = window[restart:]
-            emitted = cut - restart
-            _forget_pages(texts, window)
+        texts[page.number] = text
+        # Feed the window a chunk's worth at a time: cutting chunks off the front of a whole page's tokens
+        # copied the rest each time, quadratic in the page (a 5 MB single-line file took minutes).
+        for start in range(0, len(tokens), chunk_tokens):
+            window.extend(tokens[start : start + chunk_tokens])
+            while len(window) > chunk_tokens:
+                cut = _cut_point(window, chunk_tokens)
+                yield _make_chunk(index, window[:cut], texts)
+                index += 1
+                restart = _restart_point(window, cut, overlap)
+                window = window[restart:]
+                emitted = cut - restart
+                _forget_pages(texts, window)
     if len(window) > emitted:
         yield _make_chunk(index, window, texts)
 
 
 def _tokenize(tokenizer: Any, page: Page) -> list[_Token]:
-    encoding = tokenizer(page.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    offsets = encoding["offset_mapping"]
-    word_ids = encoding.word_ids()
     tokens = []
-    previous_word = None
-    previous_end = -1
-    for (start, end), word in zip(offsets, word_ids, strict=True):
-        if end <= start:
-            continue
-        tokens.append(_Token(page.number, start, end, word != previous_word, start > previous_end))
-        previous_word = word
-        previous_end = end
+    for base, piece in _segments(page.text):
+        encoding = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        offsets = encoding["offset_mapping"]
+        word_ids = encoding.word_ids()
+        previous_word = None
+        previous_end = -1
+        for (start, end), word in zip(offsets, word_ids, strict=True):
+            if end <= start:
+                continue
+            tokens.append(_Token(page.number, base + start, base + end, word != previous_word, start > previous_end))
+            previous_word = word
+            previous_end = end
     return tokens
+
+
+_SEGMENT = 1 << 16  # characters per tokenizer call
+
+
+def _segments(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, piece) of `text` cut after whitespace into pieces of at most _SEGMENT characters.
+
+    Words never span a cut, so the tokens are those of the whole text; but no single tokenizer call (which
+    no signal interrupts, so --file-timeout could not stop it) grows with a hostile 5 MB line.
+    """
+    start = 0
+    while len(text) - start > _SEGMENT:
+        end = start + _SEGMENT
+        cut = max(text.rfind(space, start + _SEGMENT // 2, end) for space in " \n\t")
+        cut = cut + 1 if cut >= 0 else end
+        yield start, text[start:cut]
+        start = cut
+    yield start, text[start:]
 
 
 def _cut_point(window: list[_Token], limit: int) -> int:

@@ -111,6 +111,9 @@ def main() -> None:
               help="Chunk size in embedding-model tokens (default 200, max 254 for MiniLM).")
 @click.option("--overlap", "overlap_tokens", type=int, help="Tokens shared by neighbouring chunks (default 40).")
 @click.option("--batch-size", type=int, help="Embedding batch size (default 32).")
+@click.option("--file-timeout", type=click.FloatRange(min=0),
+              help="Give up on a file whose reading and chunking take longer than this many seconds "
+              "(a damaged or hostile file); default 300, 0 = no limit [env DOCQA_FILE_TIMEOUT].")
 @click.option("--delete", "delete", is_flag=True, help="Remove these documents from the store instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -87,8 +90,56 @@ def file_hash(path: Path) -> str:
 
 
 def source_of(path: Path) -> str:
-    """A document's key in the store: its absolute path."""
-    return str(path.expanduser().resolve())
+    """A document's key in the store: its absolute path, any bytes of it that are not UTF-8 as \\xNN."""
+    return os.fsencode(path.expanduser().resolve()).decode("utf-8", "backslashreplace")
+
+
+T = TypeVar("T")
+
+
+class FileTimeout(BaseException):
+    """Reading one file used up --file-timeout. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` in pypdf or the readers can swallow it."""
+
+
+def time_limited(items: Iterator[T], seconds: float) -> Iterator[T]:
+    """Yield from `items`, raising FileTimeout once producing them (not consuming them) took `seconds`.
+
+    Reading and chunking are what a hostile file controls (a cyclic PDF, a 5 MB line); embedding and
+    storing are bounded by the text they get, so a large but sound file is not cut short. SIGALRM only
+    works in the main thread; elsewhere the items pass through unlimited. An outer alarm (e.g.
+    pytest-timeout's) is put back afterwards.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield from items
+        return
+
+    def expire(*_: object) -> None:
+        raise FileTimeout
+
+    entered = time.monotonic()
+    outer_delay, _ = signal.getitimer(signal.ITIMER_REAL)
+    outer_handler = signal.signal(signal.SIGALRM, expire)
+    left = seconds
+    try:
+        while True:
+            if left <= 0:
+                raise FileTimeout
+            started = time.monotonic()
+            # Repeats every 0.5 s: an alarm that lands in a finalizer is swallowed there ("Exception ignored").
+            signal.setitimer(signal.ITIMER_REAL, left, 0.5)
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                left -= time.monotonic() - started
+            yield item
+    finally:
+        signal.signal(signal.SIGALRM, outer_handler)
+        if outer_delay:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - entered), 0.001))
 
 
 class Ingestor:
@@ -132,7 +183,8 @@ class Ingestor:
         chunks = 0
         tokens = 0
         try:
-            for batch in self._batches(self._pages(path, notices, pages_seen)):
+            batches = time_limited(self._batches(self._pages(path, notices, pages_seen)), self.settings.file_timeout)
+            for batch in batches:
                 vectors = self.store.embedder.embed([c.text for c in batch], self.settings.batch_size)
                 self.store.add_chunks(generation, source, batch, vectors)
                 chunks += len(batch)
@@ -143,6 +195,11 @@ class Ingestor:
         except ReadError as exc:
             self.store.abort_document(generation)
             self._fail(report, path, str(exc))
+            return
+        except FileTimeout:
+            self.store.abort_document(generation)
+            self._fail(report, path, f"reading took longer than {self.settings.file_timeout:g} s (--file-timeout): "
+                       "a damaged or hostile file? If it is only large, raise --file-timeout")
             return
         except BaseException:
             # Interrupted (Ctrl-C) or an unexpected bug: take this file's partial chunks out first.

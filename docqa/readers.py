@@ -43,20 +43,29 @@ def read_pages(path: Path, notices: list[str] | None = None) -> Iterator[Page]:
 
 def _read_text(path: Path, notices: list[str]) -> Iterator[Page]:
     data = _read_bytes(path)
-    if _looks_binary(data):
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark (Windows "Unicode" text)
+        text = data.decode("utf-16", errors="replace")
+        if text.count("\ufffd") > len(text) // 100:
+            raise ReadError("starts like UTF-16 text but is not (or is damaged); is the extension right?")
+    elif _looks_binary(data):
         raise ReadError("binary content, not text (NUL or control bytes); is the extension right?")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        text = data.decode("cp1252", errors="replace")
-        notices.append(
-            f"not valid UTF-8 (byte {exc.start}); decoded as Windows-1252/Latin-1, undecodable bytes replaced"
-        )
+    else:
+        text = _decode(data, notices)
     if not text.strip():
         raise ReadError("no text (only whitespace)")
     # Form feeds are the one page break plain text has.
     for number, page_text in enumerate(text.split("\f"), start=1):
         yield Page(number, page_text)
+
+
+def _decode(data: bytes, notices: list[str]) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        notices.append(
+            f"not valid UTF-8 (byte {exc.start}); decoded as Windows-1252/Latin-1, undecodable bytes replaced"
+        )
+        return data.decode("cp1252", errors="replace")
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -29,8 +29,12 @@ class Settings:
     chunk_tokens: int = 200  # chunk size in the embedding model's own tokens
     overlap_tokens: int = 40
     batch_size: int = 32  # embedding batch size
+    file_timeout: float = 300.0  # seconds one file may spend being read and chunked (0: no limit)
     page_size: int = 5  # results per search page, as in MemGPT
     search_depth: int = 200  # how deep each ranking goes; pages cover exactly this fused ranking
+    # Re-rank this many top results with the full transformer at query time (dense and hybrid search).
+    # None: 30 with the static backend (it restores the transformer's recall), 0 (off) with torch.
+    rerank_depth: int | None = None
     # LLM
     model: str | None = None
     base_url: str | None = None
@@ -66,8 +70,10 @@ def resolve(**flags: object) -> Settings:
         chunk_tokens=int(pick("chunk_tokens", None, base.chunk_tokens)),  # type: ignore[arg-type]
         overlap_tokens=int(pick("overlap_tokens", None, base.overlap_tokens)),  # type: ignore[arg-type]
         batch_size=int(pick("batch_size", None, base.batch_size)),  # type: ignore[arg-type]
+        file_timeout=float(pick("file_timeout", "DOCQA_FILE_TIMEOUT", base.file_timeout)),  # type: ignore[arg-type]
         page_size=int(pick("page_size", None, base.page_size)),  # type: ignore[arg-type]
         search_depth=int(pick("search_depth", None, base.search_depth)),  # type: ignore[arg-type]
+        rerank_depth=_optional_int(pick("rerank_depth", "DOCQA_RERANK_DEPTH", None)),
         model=pick("model", "DOCQA_MODEL", None),
         base_url=pick("base_url", "OPENAI_BASE_URL", None),
         api_key=pick("api_key", "OPENAI_API_KEY", None),
@@ -76,3 +82,7 @@ def resolve(**flags: object) -> Settings:
         max_steps=int(pick("max_steps", None, base.max_steps)),  # type: ignore[arg-type]
         llm_timeout=float(pick("llm_timeout", None, base.llm_timeout)),  # type: ignore[arg-type]
     )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None or value == "" else int(value)  # type: ignore[call-overload]

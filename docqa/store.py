@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import math
+import re
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,8 @@ from docqa.settings import Settings
 
 SEARCH_MODES = ("hybrid", "dense", "lexical")
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
+# Chroma's rule for collection names; checked before anything is created (the catalog needs it too).
+_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,498}[A-Za-z0-9]")
 
 
 class StoreError(Exception):
@@ -90,20 +93,57 @@ class ArchivalStore:
         self.settings = settings
         self._embedder = embedder
         self._rankings: OrderedDict[tuple, list[tuple[str, float]]] = OrderedDict()
+        if not _COLLECTION_NAME.fullmatch(settings.collection):
+            raise StoreError(f"invalid collection name '{settings.collection}': use 3 to 500 letters, digits, "
+                             "'.', '_' or '-', starting and ending with a letter or digit")
         if settings.chroma_url:
             from docqa.server_catalog import ServerCatalog, connect_server
 
             self.client = connect_server(settings.chroma_url)
             self.catalog: Any = ServerCatalog(self.client, settings.collection)
+            self._open_collection()
         else:
-            self.client = _local_client(settings.store_dir)
+            try:
+                settings.store_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open the store at {settings.store_dir}: {exc.strerror or exc}; "
+                                 "pass --store DIR") from None
             self.catalog = Catalog(settings.store_dir / f"{settings.collection}.catalog.sqlite3")
-        self.collection = self.client.get_or_create_collection(
-            settings.collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
-        )
+            self._chroma_seen: int | None = None  # the catalog's data_version when our Chroma client loaded
+            with self._chroma():
+                pass
         self._check_model()
 
     # -- setup ----------------------------------------------------------------------------------
+    def _open_collection(self) -> None:
+        self.collection = self.client.get_or_create_collection(
+            self.settings.collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
+        )
+
+    @contextmanager
+    def _chroma(self) -> Iterator[Any]:
+        """The collection for one Chroma call, with the store's Chroma lock held (local stores).
+
+        Embedded Chroma is not made for several processes: any call may replay the write log into the
+        vector index and save the index to disk, so processes take turns, one call at a time (a reader
+        waits for one batch at most, never for a whole ingest). And a client loads the index once, then
+        sees only the writes made through it: when another connection has committed to the catalog since,
+        the client is reopened first. Otherwise a long-lived reader (chat) misses what a concurrent ingest
+        added, or fails with "Nothing found on disk" if the store was empty when it started, and a writer
+        builds on a stale index.
+        """
+        if self.settings.chroma_url:
+            yield self.collection
+            return
+        with open(self.settings.store_dir / "chroma.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            seen = self.catalog.others_version()
+            if seen != self._chroma_seen:
+                self.client = _local_client(self.settings.store_dir)
+                self._open_collection()
+                self._chroma_seen = seen
+            yield self.collection
+
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
@@ -143,7 +183,8 @@ class ArchivalStore:
         """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned."""
         orphans = self.catalog.orphans()
         for generation in orphans:
-            self.collection.delete(where={"generation": generation})
+            with self._chroma() as collection:
+                collection.delete(where={"generation": generation})
             self.catalog.forget_orphan(generation)
         return len(orphans)
 
@@ -168,13 +209,14 @@ class ArchivalStore:
         self.catalog.add_chunks(
             generation, source, [(i, c.index, c.page_start, c.page_end, c.content_hash, c.text)
                                  for i, c in zip(ids, chunks, strict=True)])
-        self.collection.upsert(
-            ids=ids,
-            embeddings=vectors,
-            documents=[c.text for c in chunks],
-            metadatas=[{"source": source, "generation": generation, "chunk": c.index,
-                        "page_start": c.page_start, "page_end": c.page_end} for c in chunks],
-        )
+        with self._chroma() as collection:
+            collection.upsert(
+                ids=ids,
+                embeddings=vectors,
+                documents=[c.text for c in chunks],
+                metadatas=[{"source": source, "generation": generation, "chunk": c.index,
+                            "page_start": c.page_start, "page_end": c.page_end} for c in chunks],
+            )
 
     def commit_document(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> None:
         self.catalog.commit(source, generation, file_hash, pages, chunks)
@@ -182,7 +224,8 @@ class ArchivalStore:
         self.recover()
 
     def abort_document(self, generation: str) -> None:
-        self.collection.delete(where={"generation": generation})
+        with self._chroma() as collection:
+            collection.delete(where={"generation": generation})
         self.catalog.forget_orphan(generation)
 
     def delete_document(self, source: str) -> DocumentRow | None:
@@ -195,6 +238,7 @@ class ArchivalStore:
     def search(self, query: str, page: int = 0, page_size: int | None = None, mode: str = "hybrid") -> SearchPage:
         """One page of the ranking for `query`; page 0 is the best results."""
         size = page_size or self.settings.page_size
+        query = valid_utf8(query)
         if mode not in SEARCH_MODES:
             raise StoreError(f"unknown search mode '{mode}': use one of {', '.join(SEARCH_MODES)}")
         if page < 0 or size < 1:
@@ -207,6 +251,7 @@ class ArchivalStore:
 
     def ranking(self, query: str, mode: str = "hybrid") -> list[tuple[str, float]]:
         """The whole fixed-depth ranking, (chunk id, score) best first; cached so paging is cheap."""
+        query = valid_utf8(query)
         key = (query, mode, self.catalog.version())
         if key in self._rankings:
             self._rankings.move_to_end(key)
@@ -218,23 +263,83 @@ class ArchivalStore:
             ranking = [(chunk_id, 1.0 / (rank + 1)) for rank, chunk_id in
                        enumerate(self.catalog.lexical(query, depth))]
         else:
-            ranking = fuse([[i for i, _ in self._dense(query, depth)], self.catalog.lexical(query, depth)], depth)
+            lexical = self.catalog.lexical(query, depth)
+            ranking = fuse([[i for i, _ in self._dense(query, depth)], lexical], depth)
+        if mode != "lexical" and self.rerank_depth:
+            ranking = self._rerank(query, ranking, lexical if mode == "hybrid" else None)
         self._rankings[key] = ranking
         while len(self._rankings) > 64:
             self._rankings.popitem(last=False)
         return ranking
 
+    # -- re-rank (the static tier's quality at query time) ----------------------------------------
+    _reranker: Any = None  # a docqa.static_embeddings.Reranker, made on first use
+
+    @property
+    def rerank_depth(self) -> int:
+        depth = self.settings.rerank_depth
+        if depth is None:
+            from docqa.static_embeddings import DEFAULT_RERANK_DEPTH
+
+            depth = DEFAULT_RERANK_DEPTH if self.settings.embedding_backend == "static" else 0
+        return max(0, min(depth, self.settings.search_depth))
+
+    @property
+    def reranker(self) -> Any:
+        if self._reranker is None:
+            from docqa.static_embeddings import Reranker
+
+            self._reranker = Reranker(load_embedder(self.settings.embedding_model, "torch"), self.settings.batch_size)
+        return self._reranker
+
+    def _rerank(self, query: str, ranking: list[tuple[str, float]],
+                lexical: list[str] | None) -> list[tuple[str, float]]:
+        """The top rerank_depth results re-ordered by the transformer (the rest follow unchanged).
+
+        Dense: by the transformer's cosine (which becomes their score). Hybrid: the transformer's order
+        of these candidates fused with the lexical ranking, as hybrid search with the transformer does;
+        ordering by cosine alone would bury exact matches the transformer cannot read (UUID keys).
+        """
+        head = ranking[: self.rerank_depth]
+        records = self.catalog.records([chunk_id for chunk_id, _ in head])
+        candidates = [(i, records[i].content_hash, records[i].text) for i, _ in head if i in records]
+        reordered = self.reranker.rerank(query, candidates)
+        if lexical is not None:
+            kept = {chunk_id for chunk_id, _ in reordered}
+            fused = fuse([[chunk_id for chunk_id, _ in reordered], lexical], len(kept) + len(lexical))
+            reordered = [(chunk_id, score) for chunk_id, score in fused if chunk_id in kept]
+        return reordered + ranking[len(head):]
+
     def _dense(self, query: str, depth: int) -> list[tuple[str, float]]:
-        available = self.collection.count()
-        if not available or not query.strip():
+        from chromadb.errors import ChromaError
+
+        if not query.strip():
             return []
         vector = self.embedder.embed([query])
-        # Ask past `depth`: uncommitted chunks of a concurrent ingest are dropped below.
-        result = self.collection.query(query_embeddings=vector, n_results=min(available, depth + 64),
-                                       include=["distances"])
+        for attempt in (1, 2):
+            try:
+                with self._chroma() as collection:
+                    available = collection.count()
+                    if not available:
+                        return []
+                    # Ask past `depth`: uncommitted chunks of a concurrent ingest are dropped below.
+                    result = collection.query(query_embeddings=vector, n_results=min(available, depth + 64),
+                                              include=["distances"])
+                break
+            except ChromaError as exc:
+                if attempt == 2 or self.settings.chroma_url:
+                    raise StoreError(f"the vector index cannot be read ({exc}); try again, and if it persists "
+                                     "re-ingest into a new --store") from None
+                self._chroma_seen = None  # a fresh client reads the index from disk again
         ids, distances = result["ids"][0], result["distances"][0]
         committed = self.catalog.committed(ids)
         return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i in committed][:depth]
+
+
+def valid_utf8(text: str) -> str:
+    """`text` with unpaired surrogates replaced by "?": they come from undecodable bytes in argv (a Latin-1
+    terminal) or an LLM's JSON "\\ud800", and the tokenizer, SQLite and stdout accept only valid UTF-8."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def fuse(rankings: list[list[str]], depth: int) -> list[tuple[str, float]]:
@@ -250,9 +355,17 @@ def fuse(rankings: list[list[str]], depth: int) -> list[tuple[str, float]]:
 
 
 def _local_client(store_dir: Path) -> Any:
+    """A client on the local store that loads the vector index afresh.
+
+    chromadb keeps one engine per path in a process and hands it to every new client; it is dropped from
+    that cache so that this client reads what other processes wrote (clients still holding the old engine
+    keep working; ArchivalStore._chroma reopens them before their next call).
+    """
     import chromadb
+    from chromadb.api.shared_system_client import SharedSystemClient
     from chromadb.config import Settings as ChromaSettings
 
+    SharedSystemClient._identifier_to_system.pop(str(store_dir / "chroma"), None)
     try:
         store_dir.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(store_dir / "chroma"),

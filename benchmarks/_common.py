@@ -1,0 +1,122 @@
+"""Shared helpers for the benchmarks: machine info, result files, the benchmark corpora, percentiles."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+NQ_DATA = ROOT / "data" / "nq_open" / "nq-open-oracle.jsonl.gz"
+KV_DATA = ROOT / "data" / "nested_kv" / "kv-retrieval-140_keys.first.jsonl.gz"
+
+# Benchmarks measure docqa, not the network: never let a model load reach out.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def machine() -> dict[str, Any]:
+    """Where and under what load a result was measured (figures are ratios within one run)."""
+    cpu = platform.processor() or ""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not cpu.strip():
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    versions = {}
+    for package in ("docqa", "torch", "sentence-transformers", "transformers", "model2vec", "chromadb", "pypdf",
+                    "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    import sqlite3
+
+    versions["sqlite"] = sqlite3.sqlite_version
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "simd": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma"}),
+        "torch_threads": threads,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, **payload}
+    payload.setdefault("machine", machine())
+    payload["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return path
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    """p50/p95/mean in milliseconds."""
+    ms = np.asarray(samples_s) * 1000.0
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+            "mean_ms": round(float(ms.mean()), 2), "n": len(ms)}
+
+
+def nq_questions() -> list[dict[str, Any]]:
+    """NQ-open oracle records: question, answers, gold passage (title, text)."""
+    out = []
+    with gzip.open(NQ_DATA, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            ctx = record["ctxs"][0]
+            out.append({"question": record["question"], "title": " ".join(ctx["title"].split()),
+                        "text": " ".join(ctx["text"].split())})
+    return out
+
+
+def passage_text(title: str, text: str) -> str:
+    return f"{title}\n{text}"
+
+
+def kv_pairs() -> list[tuple[str, str]]:
+    with gzip.open(KV_DATA, "rt", encoding="utf-8") as handle:
+        record = json.loads(handle.readline())
+    return [(k, v) for k, v in record["ordered_kv_records"]]
+
+
+def kv_passage(key: str, value: str) -> str:
+    return f"Key-value pair: key = {key}, value = {value}"
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.seconds = time.perf_counter() - self.start

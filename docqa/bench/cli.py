@@ -1,0 +1,161 @@
+"""`docqa bench`: the paper's two document evaluations, one command each. Commands only parse options."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from docqa.bench.common import MODES, BenchError
+
+
+def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """docqa's one-line errors, no tracebacks: `docqa: error: ...` and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from docqa.cli import UserError, friendly  # here, not at import time: docqa.cli imports this module
+
+        def guarded(*a: Any, **k: Any) -> Any:
+            try:
+                return command(*a, **k)
+            except BenchError as exc:
+                raise UserError(str(exc)) from None
+
+        return friendly(guarded)(*args, **kwargs)
+
+    return wrapper
+
+
+MODE_HELP = ("agent: the docqa agent pages through archival memory; baseline: one fixed-context prompt; "
+             "ceiling: no LLM, what the store itself permits.")
+
+
+def _ints(text: str, name: str, low: int, high: int) -> list[int]:
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, e.g. 0,1,2 (got '{text}')",
+                                 param_hint=name) from None
+    if not values or values[0] < low or values[-1] > high:
+        raise click.BadParameter(f"values must be between {low} and {high} (got '{text}')", param_hint=name)
+    return values
+
+
+def llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--model", help="Chat model for --mode agent/baseline [env DOCQA_MODEL]."),
+        click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 for a local "
+                     "server [env OPENAI_BASE_URL; default OpenAI]."),
+        click.option("--api-key", help="API key [env OPENAI_API_KEY]."),
+        click.option("--max-steps", type=click.IntRange(min=1), help="Agent LLM calls per question (default 20)."),
+        click.option("--embedding-backend", type=click.Choice(["torch", "static"]),
+                     help="Embedder for the bench store [env DOCQA_EMBEDDING_BACKEND; default torch]."),
+        click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Store for the benchmark's archival memory [default OUT/store]; share one between "
+                     "modes to build it once."),
+        click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _settings(out: Path, store_dir: Path | None = None, **flags: Any) -> Any:
+    from docqa.settings import resolve
+
+    flags = {k: v for k, v in flags.items() if v is not None}
+    # The bench store is its own (default in --out), never the user's store or a Chroma server.
+    return resolve(store_dir=store_dir or out / "store", **flags).with_(chroma_url=None)
+
+
+@click.group()
+def bench() -> None:
+    """Reproduce the MemGPT paper's document evaluations on your own LLM.
+
+    Each command has three modes: agent (the docqa agent pages through archival memory), baseline (one
+    fixed-context prompt, as the paper's GPT baselines) and ceiling (no LLM: what the store permits).
+    Results are resumable: run the same command again to finish an interrupted run.
+    """
+
+
+@bench.command(name="nested-kv")
+@click.option("--levels", default="0,1,2,3", show_default=True,
+              help="Nesting levels, comma-separated, 0-5 (level N needs N+1 lookups; the paper ran 0-4).")
+@click.option("--samples", type=click.IntRange(1, 100), default=30, show_default=True,
+              help="Samples per level (the paper's 30).")
+@click.option("--mode", type=click.Choice(MODES), default="agent", show_default=True, help=MODE_HELP)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory [default bench-out/nested-kv-<mode>].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The nested_kv data (140 pairs and orderings files) [default: the shipped data/nested_kv].")
+@llm_options
+@_friendly
+def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: Path | None, as_json: bool,
+              quiet: bool, **flags: Any) -> None:
+    """Nested key-value retrieval (the paper's Figure 7): 140 UUID pairs, one per archival passage.
+
+    Writes results.jsonl, summary.json and accuracy.png (accuracy per nesting level; sibling runs in the
+    same parent directory, e.g. other modes, are drawn too).
+    """
+    from docqa.bench import nested_kv as task
+
+    out = out or Path("bench-out") / f"nested-kv-{mode}"
+    config = task.Config(levels=_ints(levels, "--levels", 0, task.MAX_LEVEL), samples=samples, mode=mode, out=out,
+                         data_dir=data_dir or task.DEFAULT_DATA_DIR, settings=_settings(out, **flags),
+                         progress=not quiet)
+    summary = task.run(config)
+    click.echo(json.dumps(summary, indent=2) if as_json else task.render(summary))
+
+
+@bench.command(name="doc-qa")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
+              help="A lost-in-the-middle QA file, gzip or plain JSONL [default: the shipped NQ-Open oracle file].")
+@click.option("--questions", default="50", show_default=True,
+              help="Questions to sample, or 'all' (the paper sampled 50).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling questions.")
+@click.option("--mode", type=click.Choice(MODES), default="agent", show_default=True, help=MODE_HELP)
+@click.option("--k", "ks", default="1,2,5,10,20,50,100,200", show_default=True,
+              help="Documents in the baseline's prompt, comma-separated (also the Ks of the ceiling table).")
+@click.option("--context-window", type=click.IntRange(min=1024),
+              help="Tokens the baseline prompt must fit in (its documents are cut to fit) and the agent's window "
+              "[env DOCQA_CONTEXT_WINDOW; default 8192, GPT-4's window in the paper].")
+@click.option("--prompt", "prompt_style", type=click.Choice(["paper", "litm"]), default="paper", show_default=True,
+              help="Baseline prompt: the MemGPT paper's (ANSWER/DOCUMENT format) or lost-in-the-middle's.")
+@click.option("--judge-model", help="LLM judge (the paper's prompt) for answers the string match cannot decide; "
+              "same endpoint as --model.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory [default bench-out/doc-qa-<mode>].")
+@llm_options
+@_friendly
+def doc_qa(data: Path | None, questions: str, seed: int, mode: str, ks: str, context_window: int | None,
+           prompt_style: str,
+           judge_model: str | None, out: Path | None, as_json: bool, quiet: bool, **flags: Any) -> None:
+    """Document QA (the paper's Figure 5): NaturalQuestions-Open over a corpus in archival memory.
+
+    The corpus is every passage of the data file. Writes results.jsonl, summary.json and accuracy.png
+    (baseline accuracy vs K, the agent as a level line, the retriever's recall@K; sibling runs too).
+    """
+    from docqa.bench import doc_qa as task
+
+    if questions.strip().lower() == "all":
+        count = None
+    else:
+        try:
+            count = int(questions)
+        except ValueError:
+            raise click.BadParameter("a number or 'all'", param_hint="--questions") from None
+        if count < 1:
+            raise click.BadParameter("must be at least 1", param_hint="--questions")
+    out = out or Path("bench-out") / f"doc-qa-{mode}"
+    settings = _settings(out, context_window=context_window, **flags)
+    config = task.Config(data=data or task.DEFAULT_DATA, questions=count, seed=seed, mode=mode,
+                         ks=_ints(ks, "--k", 1, settings.search_depth), out=out, settings=settings,
+                         judge_model=judge_model, prompt_style=prompt_style, progress=not quiet)
+    summary = task.run(config)
+    click.echo(json.dumps(summary, indent=2) if as_json else task.render(summary))

@@ -1,0 +1,393 @@
+"""What both evaluations share: the resumable results log, an embedding cache, scoring, the LLM client,
+tables and figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import string
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from docqa.embeddings import Embedder
+from docqa.settings import Settings
+
+MODES = ("agent", "baseline", "ceiling")
+# After this many LLM failures in a row with no success, the endpoint is broken, not the sample.
+MAX_FAILURES_IN_A_ROW = 3
+
+
+class BenchError(Exception):
+    """A benchmark cannot run as asked; str() says what to do."""
+
+
+# -- the results log ----------------------------------------------------------------------------------
+class ResultsLog:
+    """An append-only JSONL file of result rows, one per finished unit of work, read back on re-runs.
+
+    A row's key is the tuple of its `key_fields`; the last row written for a key wins, so a retried
+    sample simply appends. Rows with status "error" do not count as finished: a re-run retries them.
+    """
+
+    def __init__(self, path: Path, key_fields: Sequence[str]) -> None:
+        self.path = path
+        self.key_fields = tuple(key_fields)
+        self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if path.exists():
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # a line torn by an interrupted run: that unit simply runs again
+                    if isinstance(row, dict):
+                        self.rows[self.key(row)] = row
+
+    def key(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row.get(name) for name in self.key_fields)
+
+    def finished(self, key: tuple[Any, ...]) -> bool:
+        row = self.rows.get(key)
+        return row is not None and row.get("status") != "error"
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.exists() and self.path.stat().st_size and not _ends_with_newline(self.path)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            if torn:
+                handle.write("\n")  # never glue a new row onto a half-written one
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+        self.rows[self.key(row)] = row
+
+    def select(self, keys: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """The rows of this run's plan, in plan order (rows of other runs in the same file are left out)."""
+        return [self.rows[k] for k in keys if k in self.rows]
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write atomically, so an interrupted run never leaves a half-written summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+class FailureGuard:
+    """Stops a run early when the LLM fails on every sample: a wrong URL or key, not a hard sample."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.in_a_row = 0
+        self.any_success = False
+
+    def record(self, status: str, error: str | None) -> None:
+        if status != "error":
+            self.any_success, self.in_a_row = True, 0
+            return
+        self.in_a_row += 1
+        if not self.any_success and self.in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise BenchError(
+                f"the LLM failed on the first {self.in_a_row} samples ({error}); check --model, --base-url and "
+                f"--api-key, then run the same command again: finished samples are kept in {self.log_path}"
+            )
+
+
+# -- embeddings -------------------------------------------------------------------------------------
+class CachedEmbedder(Embedder):
+    """The store's embedder plus a memory of vectors.
+
+    The bench ingests through the real pipeline, which embeds file by file; priming this cache with all
+    texts first embeds them in large batches (several times faster on a CPU), and texts shared by many
+    stores (the 140 base pairs of every nested-KV sample) are embedded once.
+    """
+
+    def __init__(self, base: Embedder) -> None:
+        super().__init__(base.name, base._model, base.backend)  # same model object: no second load
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def prime(self, texts: Iterable[str], batch_size: int = 64, progress: bool = False) -> None:
+        from tqdm import tqdm
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        step = batch_size * 4
+        with tqdm(total=len(missing), desc="embedding", unit="text", disable=not progress or not missing,
+                  file=sys.stderr, leave=False) as bar:
+            for start in range(0, len(missing), step):
+                part = missing[start : start + step]
+                for text, vector in zip(part, super().embed(part, batch_size), strict=True):
+                    self._vectors[text] = vector
+                bar.update(len(part))
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
+        if missing:
+            for text, vector in zip(missing, super().embed(missing, batch_size), strict=True):
+                self._vectors[text] = vector
+        if not texts:
+            return super().embed(texts)
+        return np.stack([self._vectors[t] for t in texts])
+
+
+def prune(store: Any, keep: set[str]) -> int:
+    """Delete documents other than `keep` (e.g. notes an agent inserted), so runs never see each other's."""
+    extra = [doc.source for doc in store.documents() if doc.source not in keep]
+    if extra:
+        with store.writing():
+            for source in extra:
+                store.delete_document(source)
+    return len(extra)
+
+
+def chunk_texts(text: str, settings: Settings, tokenizer: Any) -> list[str]:
+    """The chunk texts the ingestion pipeline will cut from a text file holding `text`."""
+    from docqa.chunking import chunk_pages
+    from docqa.readers import Page
+
+    pages = [Page(n, page) for n, page in enumerate(text.split("\f"), start=1)]
+    return [c.text for c in chunk_pages(pages, tokenizer, settings.chunk_tokens, settings.overlap_tokens)]
+
+
+def embedding_fingerprint(settings: Settings) -> str:
+    """Names bench collections, so a different embedding or chunking builds a new store instead of failing."""
+    import hashlib
+
+    key = f"{settings.embedding_backend}:{settings.embedding_model}:{settings.chunk_tokens}:{settings.overlap_tokens}"
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation as in lost-in-the-middle's metrics: lowercase, no punctuation or articles."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+_PUNCTUATION = set(string.punctuation)
+
+
+def best_subspan_em(prediction: str, ground_truths: Sequence[str]) -> bool:
+    """lost-in-the-middle's metric: some normalised gold answer occurs inside the normalised prediction."""
+    normalized = normalize_answer(prediction)
+    return any(normalize_answer(truth) in normalized for truth in ground_truths)
+
+
+# The paper's judge prompt, verbatim from MemGPT paper_experiments/doc_qa_task/llm_judge_doc_qa.py.
+EVAL_PROMPT = """
+    Your task is to evaluate whether an LLM correct answered a question.
+    The LLM response should be the format 'ANSWER: <answer>, DOCUMENT: <document_text>' or say 'INSUFFICIENT INFORMATION'.
+    The true answer is provided in the format 'TRUE ANSWER: <list of possible answers>'.
+    The questions is provided in the format 'QUESTION: <question>'.
+    If the LLM response contains both the correct answer and corresponding document text, the response is correct.
+    Even if the LLM's answer and the true answer are slightly different in wording, the response is still correct.
+    For example, if the answer is more specific than the true answer or uses a different phrasing that is still correct, the response is correct.
+    If the LLM response if 'INSUFFICIENT INFORMATION', or the 'DOCUMENT' field is missing, the response is incorrect.
+    Respond with a single token: 'CORRECT' or 'INCORRECT'.
+    """  # noqa: E501 (verbatim)
+INSUFFICIENT = "INSUFFICIENT INFORMATION"
+
+
+def judge_prompt(question: str, answers: list[str], response: str) -> str:
+    """The judge's input, assembled as the paper's script did (answers as a Python list)."""
+    output = f"QUESTION: {question}\nTRUE ANSWER: {answers!s}\n{response}"
+    return f"{EVAL_PROMPT}\n\n\n{output}\n\n"  # "\n".join([EVAL_PROMPT, "\n", output, "\n"])
+
+
+def judge(client: Any, question: str, answers: list[str], response: str) -> bool:
+    """The paper's LLM judge, read as the paper read it: INCORRECT wins, then CORRECT, else wrong."""
+    reply = client.complete([{"role": "user", "content": judge_prompt(question, answers, response)}])
+    verdict = reply.content or ""
+    return "INCORRECT" not in verdict and "CORRECT" in verdict
+
+
+def score(row: dict[str, Any], answers: list[str], judge_client: Any | None, judge_model: str | None) -> bool:
+    """String match first (lost-in-the-middle's best_subspan_em); the judge decides what it cannot.
+
+    Returns whether the row changed (a new verdict was added)."""
+    if row.get("status") == "error":
+        row.update(correct=False, judged_by=None)
+        return False
+    answer = row.get("answer") or ""
+    row["em"] = best_subspan_em(answer, answers)
+    if row["em"] or INSUFFICIENT in answer or not answer.strip():
+        row.update(correct=row["em"], judged_by="match")
+        return False
+    if row.get("judged_by") == "llm" and judge_model in (None, row.get("judge_model")):
+        return False  # keep an earlier verdict unless another judge is asked for
+    if judge_client is None:
+        row.update(correct=False, judged_by=None)  # undecided: counted wrong, reported apart
+        return False
+    from docqa.llm import LLMError
+
+    try:
+        verdict = judge(judge_client, row["question"], answers, answer)
+    except LLMError as exc:
+        row.update(correct=False, judged_by=None, judge_error=str(exc))  # a re-run asks the judge again
+        return False
+    row.pop("judge_error", None)
+    row.update(correct=verdict, judged_by="llm", judge_model=judge_model)
+    return True
+
+
+# -- the LLM ----------------------------------------------------------------------------------------
+def make_client(settings: Settings, model: str | None = None, purpose: str = "this mode") -> Any:
+    """The chat client for `settings` (or for `model` on the same endpoint), with a clear error if none."""
+    from docqa.llm import ChatClient
+
+    name = model or settings.model
+    if not name:
+        raise BenchError(f"{purpose} needs an LLM: pass --model (and --base-url for a local OpenAI-compatible "
+                         "server), or set DOCQA_MODEL; --mode ceiling needs none")
+    return ChatClient(name, base_url=settings.base_url, api_key=settings.api_key, mode=settings.llm_mode,
+                      timeout=settings.llm_timeout)
+
+
+def estimate_tokens(text: str) -> int:
+    """The token estimate the agent's memory manager uses, so the baseline is cut by the same measure."""
+    try:
+        from docqa.llm import estimate_tokens as estimate
+    except ImportError:
+        return math.ceil(len(text) / 4)
+    return int(estimate(text))
+
+
+def truncate_tokens(text: str, budget: int) -> str:
+    """The longest prefix of `text` within `budget` estimated tokens."""
+    if budget <= 0:
+        return ""
+    if estimate_tokens(text) <= budget:
+        return text
+    cut = int(len(text) * budget / max(estimate_tokens(text), 1))
+    while cut > 0 and estimate_tokens(text[:cut]) > budget:
+        cut = int(cut * 0.9)
+    return text[:cut]
+
+
+def usage_fields(prompt_tokens: int, completion_tokens: int, llm_calls: int) -> dict[str, int]:
+    return {"llm_calls": llm_calls, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "tokens": prompt_tokens + completion_tokens}
+
+
+def brief_steps(steps: list[dict[str, Any]], limit: int = 400) -> list[dict[str, Any]]:
+    """The agent's function calls for the log, results shortened: enough to see where a run went wrong."""
+    return [{"function": s.get("function"), "arguments": s.get("arguments"),
+             "result": str(s.get("result", ""))[:limit]} for s in steps]
+
+
+def use_persona(agent: Any, persona: str, human: str) -> None:
+    """Give the agent the paper's persona and human blocks, as the paper's agents had (when it has them)."""
+    core = getattr(getattr(agent, "context", None), "core", None)
+    blocks = getattr(core, "blocks", None)
+    if isinstance(blocks, dict):
+        blocks["persona"], blocks["human"] = persona, human
+
+
+def count_searches(steps: list[dict[str, Any]]) -> int:
+    return sum(1 for s in steps if s.get("function") == "archival_memory_search")
+
+
+# -- tables and figures -----------------------------------------------------------------------------
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def mean(values: Iterable[float | int | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return round(sum(present) / len(present), 4) if present else None
+
+
+def rounded(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass
+class Series:
+    """One line of a figure; `horizontal` draws y[0] across the whole x range (a K-independent result)."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    style: str = "-o"
+    horizontal: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_figure(path: Path, series: Sequence[Series], *, title: str, xlabel: str, ylabel: str,
+                logx: bool = False, xticks: Sequence[float] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, safe in CI and over SSH
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for line in series:
+        if line.horizontal:
+            axes.axhline(100 * line.y[0], linestyle="--", label=line.label, **line.extra)
+        else:
+            axes.plot(line.x, [100 * v for v in line.y], line.style, label=line.label, markersize=4, **line.extra)
+    if logx:
+        axes.set_xscale("log")
+    if xticks is not None:
+        axes.set_xticks(list(xticks))
+        axes.set_xticklabels([f"{t:g}" for t in xticks])
+        axes.minorticks_off()
+    axes.set_ylim(-3, 103)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def sibling_summaries(out: Path, bench: str, accept: Callable[[dict[str, Any]], bool] = lambda s: True
+                      ) -> list[dict[str, Any]]:
+    """summary.json files of the same benchmark in sibling output directories (other modes and models),
+    so one figure compares them all, as the paper's figures do."""
+    found: list[dict[str, Any]] = []
+    if not out.parent.is_dir():
+        return found
+    for path in sorted(out.parent.glob("*/summary.json")):
+        if path.parent.resolve() == out.resolve():
+            continue
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and summary.get("bench") == bench and accept(summary):
+            found.append(summary)
+    return found
+
+
+def series_label(summary: dict[str, Any]) -> str:
+    mode = summary.get("mode", "?")
+    model = summary.get("model")
+    names = {"agent": "docqa agent", "baseline": "fixed context", "ceiling": "ceiling (no LLM)"}
+    return f"{names.get(mode, mode)} + {model}" if model else names.get(mode, mode)

@@ -1,0 +1,468 @@
+"""Multi-document QA, the paper's Figure 5: NaturalQuestions-Open over a passage corpus in archival memory.
+
+The corpus is every passage of every question in a lost-in-the-middle QA file (title + text, duplicates
+dropped), ingested with the real pipeline, one text file per passage so each search hit names its passage.
+`ceiling` measures the retriever (recall of the gold passage at each K); `baseline` puts the top K passages
+in one prompt, cut to fit the context window as the paper did; `agent` lets the docqa agent page through
+archival memory. Prompts are the paper's (MemGPT `paper_experiments/doc_qa_task`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docqa.bench.common import (
+    BenchError,
+    CachedEmbedder,
+    FailureGuard,
+    ResultsLog,
+    Series,
+    best_subspan_em,
+    brief_steps,
+    chunk_texts,
+    count_searches,
+    embedding_fingerprint,
+    estimate_tokens,
+    format_table,
+    make_client,
+    mean,
+    percent,
+    prune,
+    rounded,
+    save_figure,
+    score,
+    series_label,
+    sibling_summaries,
+    truncate_tokens,
+    usage_fields,
+    use_persona,
+    write_json,
+)
+from docqa.settings import Settings
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "nq_open" / "nq-open-oracle.jsonl.gz"
+DEFAULT_KS = (1, 2, 5, 10, 20, 50, 100, 200)
+ANSWER_RESERVE = 1000  # tokens the paper's baseline kept free for the answer (its "padding")
+
+# The paper's texts, verbatim from MemGPT paper_experiments/doc_qa_task/doc_qa.py (the judge is in common.py).
+DOC_QA_PERSONA = (
+    "You are MemGPT DOC-QA bot. Your job is to answer questions about documents that are stored in your archival "
+    "memory. The answer to the users question will ALWAYS be in your archival memory, so remember to keep searching "
+    "if you can't find the answer. Answer the questions as if though the year is 2018."
+)
+DOC_QA_HUMAN = "The user will ask you questions about documents. Answer them to the best of your ability."
+BASELINE_PROMPT = (
+    "Answer the question provided according to the list of documents below (some of which might be irrelevant. "
+    + "In your response, provide both the answer and the document text from which you determined the answer. "
+    + "Format your response with the format 'ANSWER: <YOUR ANSWER>, DOCUMENT: <DOCUMENT TEXT>'. "
+    + "If none of the documents provided have the answer to the question, reply with 'INSUFFICIENT INFORMATION'. "
+    + "Do NOT provide an answer if you cannot find it in the provided documents. "
+    + "Your response will only be considered correct if you provide both the answer and relevant document text, "
+    + "or say 'INSUFFICIENT INFORMATION'."
+    + "Answer the question as if though the current year is 2018."
+)
+MEMGPT_PROMPT = (
+    "Search your archival memory to answer the provided question. "
+    + "Provide both the answer and the archival memory result from which you determined your answer. "
+    + "Format your response with the format 'ANSWER: <YOUR ANSWER>, DOCUMENT: <ARCHIVAL MEMORY TEXT>. "
+    + "Your task is to answer the question: "
+)
+# lost-in-the-middle's qa.prompt, for --prompt litm.
+LITM_PROMPT = ("Write a high-quality answer for the given question using only the provided search results "
+               "(some of which might be irrelevant).\n\n{search_results}\n\nQuestion: {question}\nAnswer:")
+
+
+# -- data -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Passage:
+    id: int
+    title: str
+    text: str
+
+    @property
+    def content(self) -> str:
+        """The text archival memory holds for this passage (form feeds would split it into pages)."""
+        return f"{self.title}\n\n{self.text}".replace("\f", " ")
+
+
+@dataclass(frozen=True)
+class Question:
+    index: int  # line number in the data file, 0-based
+    question: str
+    answers: list[str]
+    gold: list[int]  # passage ids of the gold passage(s): isgold, else hasanswer
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    fingerprint: str
+    questions: list[Question]
+    passages: list[Passage]
+
+
+def load_dataset(path: Path) -> Dataset:
+    """Read a lost-in-the-middle QA file (gzip or plain JSONL: question, answers, ctxs[title, text, isgold])."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BenchError(f"no such data file: {path}; pass --data with a lost-in-the-middle QA file") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = gzip.decompress(raw).decode("utf-8") if raw[:2] == b"\x1f\x8b" else raw.decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise BenchError(f"cannot read {path} ({type(exc).__name__}): expected gzip or plain UTF-8 JSONL") from None
+    ids: dict[tuple[str, str], int] = {}
+    passages: list[Passage] = []
+    questions: list[Question] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            contexts = item["ctxs"]
+            gold: list[int] = []
+            with_answer: list[int] = []
+            for ctx in contexts:
+                key = (str(ctx.get("title") or ""), str(ctx["text"]))
+                if key not in ids:
+                    ids[key] = len(passages)
+                    passages.append(Passage(len(passages), *key))
+                (gold if ctx.get("isgold") else with_answer if ctx.get("hasanswer") else []).append(ids[key])
+            answers = [str(a) for a in item["answers"]]
+            questions.append(Question(len(questions), str(item["question"]), answers,
+                                      list(dict.fromkeys(gold or with_answer))))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"{path}, line {number}: not a QA record ({type(exc).__name__}: {exc}); each line needs "
+                             "question, answers and ctxs [{title, text, isgold}]") from None
+    if not questions:
+        raise BenchError(f"{path} holds no questions")
+    return Dataset(path, hashlib.sha256(raw).hexdigest()[:10], questions, passages)
+
+
+def sample_questions(dataset: Dataset, count: int | None, seed: int) -> list[Question]:
+    """`count` questions drawn with `seed` (in file order), or all of them when count is None."""
+    if count is None or count >= len(dataset.questions):
+        return list(dataset.questions)
+    chosen = sorted(random.Random(seed).sample(range(len(dataset.questions)), count))
+    return [dataset.questions[i] for i in chosen]
+
+
+# -- the corpus store -------------------------------------------------------------------------------
+def corpus_store(dataset: Dataset, settings: Settings, embedder: CachedEmbedder, progress: bool) -> Any:
+    """The corpus in archival memory, through the same pipeline as `docqa ingest`; re-runs reuse it."""
+    from docqa.ingest import Ingestor
+    from docqa.store import ArchivalStore
+
+    collection = collection_name(dataset, settings)
+    directory = settings.store_dir / "documents" / collection  # with the store: sources are these paths
+    directory.mkdir(parents=True, exist_ok=True)
+    store = ArchivalStore(settings.with_(collection=collection), embedder=embedder)
+    present = {Path(doc.source).name for doc in store.documents()}
+    missing = []
+    for item in dataset.passages:
+        path = directory / passage_file(item.id)
+        if not path.exists() or path.read_text(encoding="utf-8") != item.content:
+            path.write_text(item.content, encoding="utf-8")
+            missing.append(item)
+        elif path.name not in present:
+            missing.append(item)
+    if missing:
+        # Embedding in large batches first is several times faster than the pipeline's file-by-file calls.
+        embedder.prime((t for item in missing for t in chunk_texts(item.content, settings, embedder.tokenizer)),
+                       progress=progress)
+        notes: list[str] = []
+        report = Ingestor(store, progress=progress, notice=notes.append).run([directory])
+        if report.files_failed:
+            failure = report.files_failed[0]
+            raise BenchError(f"could not ingest the corpus: {failure.path}: {failure.error}")
+    return store
+
+
+def collection_name(dataset: Dataset, settings: Settings) -> str:
+    """One collection per corpus and embedding, so another --data file never mixes into this one."""
+    return f"nq-{dataset.fingerprint}-{embedding_fingerprint(settings)}"
+
+
+def passage_file(passage_id: int) -> str:
+    return f"p{passage_id:06d}.txt"
+
+
+def passage_of(source: str) -> int | None:
+    name = Path(source).name
+    return int(name[1:7]) if name.startswith("p") and name[1:7].isdigit() else None
+
+
+def passage_ranking(store: Any, question: str, mode: str = "hybrid") -> list[int]:
+    """Passage ids best first: the store's whole ranking (all pages), chunks of one passage counted once."""
+    depth = store.settings.search_depth
+    hits = store.search(question, page=0, page_size=depth, mode=mode).hits
+    ids = [passage_of(hit.record.source) for hit in hits]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def gold_rank(ranking: list[int], gold: list[int]) -> int | None:
+    """1-based rank of the first gold passage, None when no page of the ranking has it."""
+    wanted = set(gold)
+    return next((n for n, pid in enumerate(ranking, start=1) if pid in wanted), None)
+
+
+# -- prompts ----------------------------------------------------------------------------------------
+def baseline_prompt(question: str, documents: list[Passage], context_window: int, style: str = "paper") -> str:
+    """The fixed-context prompt with the top documents, each cut to an equal share of the window.
+
+    As in the paper's baseline, every document gets (window - prompt - answer reserve) / K tokens, so the
+    more documents, the less of each survives. (The paper's code measured that share in tokens but cut
+    characters, about four times harder; this cuts tokens, so the prompt just fits.)
+    """
+    if style == "litm":
+        frame = LITM_PROMPT.format(search_results="", question=question)
+    else:
+        frame = "\n".join([BASELINE_PROMPT, "\n", "", "\n", f"Question: {question}"])
+    share = (context_window - estimate_tokens(frame) - ANSWER_RESERVE) // max(len(documents), 1)
+    if style == "litm":
+        lines = [truncate_tokens(f"Document [{n}](Title: {d.title}) {d.text}", share)
+                 for n, d in enumerate(documents, start=1)]
+        return LITM_PROMPT.format(search_results="\n".join(lines), question=question)
+    block = "".join(truncate_tokens(f"Document [{n}]: {d.content} \n", share) for n, d in enumerate(documents, start=1))
+    return "\n".join([BASELINE_PROMPT, "\n", block, "\n", f"Question: {question}"])
+
+
+def agent_prompt(question: str) -> str:
+    return " ".join([MEMGPT_PROMPT, f"{question}?"])
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@dataclass
+class Config:
+    data: Path
+    questions: int | None  # None = all
+    seed: int
+    mode: str
+    ks: list[int]
+    out: Path
+    settings: Settings  # store_dir (default out/store), context_window, the LLM
+    judge_model: str | None = None
+    prompt_style: str = "paper"
+    progress: bool = True
+
+
+KEY_FIELDS = ("mode", "model", "k", "qid", "store")
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Run what out/results.jsonl lacks, score, write summary.json and the figure; return the summary."""
+    from tqdm import tqdm
+
+    from docqa.embeddings import load_embedder
+
+    settings = config.settings
+    if max(config.ks) > settings.search_depth:
+        raise BenchError(f"--k {max(config.ks)} is deeper than the store's ranking ({settings.search_depth})")
+    dataset = load_dataset(config.data)
+    questions = sample_questions(dataset, config.questions, config.seed)
+    model = settings.model if config.mode != "ceiling" else None
+    collection = collection_name(dataset, settings)
+    ks: list[int | None] = list(config.ks) if config.mode == "baseline" else [None]
+    plan = [(q, k) for q in questions for k in ks]
+    keys = [(config.mode, model, k, q.index, collection) for q, k in plan]
+    log = ResultsLog(config.out / "results.jsonl", KEY_FIELDS)
+    todo = [(q, k) for (q, k), key in zip(plan, keys, strict=True) if not log.finished(key)]
+    # Clients first: a missing --model should fail before minutes of ingestion, not after.
+    client = make_client(settings, purpose=f"--mode {config.mode}") if config.mode != "ceiling" and todo else None
+    judge_client = make_client(settings, config.judge_model) if config.judge_model else None
+    embedder = CachedEmbedder(load_embedder(settings.embedding_model, settings.embedding_backend))
+    store = corpus_store(dataset, settings, embedder, config.progress)
+    embedder.prime({q.question for q, _ in todo})  # all query vectors in a few batches
+    corpus = {doc.source for doc in store.documents() if passage_of(doc.source) is not None}
+    guard = FailureGuard(log.path)
+    base: dict[str, Any] = {"bench": "doc-qa", "mode": config.mode, "model": model, "store": collection}
+    with tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"doc-qa {config.mode}", unit="question",
+              disable=not config.progress, file=sys.stderr) as bar:
+        for question, k in todo:
+            started = time.perf_counter()
+            row: dict[str, Any] = {**base, "k": k, "qid": question.index, "question": question.question,
+                   "answers": question.answers, "gold": question.gold}
+            if config.mode == "ceiling":
+                row.update(_ceiling(store, question, dataset, config))
+            elif config.mode == "baseline":
+                row.update(_baseline(store, question, k or 1, dataset, config, client))
+            else:
+                prune(store, corpus)  # notes the agent inserted for an earlier question must not help this one
+                row.update(_agent(store, question, store.settings, client))
+            if config.mode != "ceiling":
+                score(row, question.answers, judge_client, config.judge_model)
+                guard.record(row["status"], row.get("error"))
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            log.append(row)
+            bar.update(1)
+    rows = log.select(keys)
+    if config.mode != "ceiling":
+        answers = {q.index: q.answers for q in questions}
+        for row in rows:  # a later --judge-model decides what earlier runs left undecided
+            if score(row, answers[row["qid"]], judge_client, config.judge_model):
+                log.append(row)
+    summary = summarize(rows, config, dataset, model, collection)
+    write_json(config.out / "summary.json", summary)
+    plot(config.out, summary)
+    return summary
+
+
+def _ceiling(store: Any, question: Question, dataset: Dataset, config: Config) -> dict[str, Any]:
+    hybrid = passage_ranking(store, question.question, "hybrid")
+    dense = passage_ranking(store, question.question, "dense")
+    in_context = {}  # does the baseline's cut prompt at each K still hold an answer string?
+    for k in config.ks:
+        docs = [dataset.passages[i] for i in hybrid[:k]]
+        prompt = baseline_prompt(question.question, docs, config.settings.context_window, config.prompt_style)
+        in_context[str(k)] = bool(docs) and best_subspan_em(prompt.replace(question.question, ""),
+                                                            question.answers)
+    return {"status": "answered", "rank_hybrid": gold_rank(hybrid, question.gold),
+            "rank_dense": gold_rank(dense, question.gold), "ranked": len(hybrid), "answer_in_context": in_context}
+
+
+def _baseline(store: Any, question: Question, k: int, dataset: Dataset, config: Config, client: Any) -> dict[str, Any]:
+    from docqa.llm import LLMError
+
+    top = passage_ranking(store, question.question)[:k]
+    prompt = baseline_prompt(question.question, [dataset.passages[i] for i in top], config.settings.context_window,
+                             config.prompt_style)
+    row: dict[str, Any] = {"gold_in_context": gold_rank(top, question.gold) is not None,
+                           "answer_in_context": best_subspan_em(prompt.replace(question.question, ""),
+                                                                question.answers),
+                           "prompt_tokens_estimate": estimate_tokens(prompt)}
+    try:
+        reply = client.complete([{"role": "user", "content": prompt}])
+    except LLMError as exc:
+        return {**row, "answer": "", "status": "error", "error": str(exc), **usage_fields(0, 0, 1)}
+    return {**row, "answer": reply.content or "", "status": "answered", "error": None,
+            **usage_fields(reply.prompt_tokens, reply.completion_tokens, 1)}
+
+
+def _agent(store: Any, question: Question, settings: Settings, client: Any) -> dict[str, Any]:
+    from docqa.agent import Agent
+
+    agent = Agent(settings, store, client)
+    use_persona(agent, DOC_QA_PERSONA, DOC_QA_HUMAN)
+    result = agent.ask(agent_prompt(question.question))
+    shown = "\n".join(str(s.get("result", "")) for s in result.steps)
+    return {"answer": result.answer, "status": result.status, "error": result.error,
+            "searches": count_searches(result.steps), "steps": len(result.steps),
+            "gold_seen": any(passage_file(g) in shown for g in question.gold),
+            **usage_fields(result.prompt_tokens, result.completion_tokens, result.llm_calls),
+            "trace": brief_steps(result.steps)}
+
+
+# -- summary, table, figure -------------------------------------------------------------------------
+def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    return {"n": n, "correct": sum(1 for r in rows if r.get("correct")),
+            "accuracy": sum(1 for r in rows if r.get("correct")) / n if n else None,
+            "em_accuracy": sum(1 for r in rows if r.get("em")) / n if n else None,
+            "judged": sum(1 for r in rows if r.get("judged_by") == "llm"),
+            "undecided": sum(1 for r in rows if r.get("status") != "error" and r.get("judged_by") is None),
+            "errors": sum(1 for r in rows if r.get("status") == "error"),
+            "mean_tokens": mean(r.get("tokens") for r in rows), "mean_seconds": mean(r.get("seconds") for r in rows)}
+
+
+def summarize(rows: list[dict[str, Any]], config: Config, dataset: Dataset, model: str | None,
+              collection: str) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "bench": "doc-qa", "mode": config.mode, "model": model, "judge_model": config.judge_model,
+        "data": str(dataset.path), "data_fingerprint": dataset.fingerprint, "store": collection,
+        "corpus_passages": len(dataset.passages), "questions": len({r["qid"] for r in rows}), "seed": config.seed,
+        "context_window": config.settings.context_window, "prompt": config.prompt_style, "ks": config.ks,
+        "search_depth": config.settings.search_depth, "embedding_model": config.settings.embedding_model,
+        "results": str(config.out / "results.jsonl"), "figure": str(config.out / "accuracy.png"),
+    }
+    if config.mode == "ceiling":
+        scored = [r for r in rows if r["gold"]]
+        n = len(scored) or 1
+        for mode in ("hybrid", "dense"):
+            ranks = [r[f"rank_{mode}"] for r in scored]
+            summary[f"recall_{mode}"] = {str(k): sum(1 for x in ranks if x is not None and x <= k) / n
+                                         for k in range(1, config.settings.search_depth + 1)}
+            summary[f"recall_{mode}_all_pages"] = sum(1 for x in ranks if x is not None) / n
+        summary["questions_with_gold"] = len(scored)
+        summary["answer_in_context"] = {str(k): mean(float(r["answer_in_context"].get(str(k), False)) for r in rows)
+                                        for k in config.ks}
+    elif config.mode == "baseline":
+        summary["by_k"] = {}
+        for k in config.ks:
+            mine = [r for r in rows if r["k"] == k]
+            summary["by_k"][str(k)] = {**_accuracy(mine),
+                                       "gold_in_context": mean(float(r["gold_in_context"]) for r in mine),
+                                       "answer_in_context": mean(float(r["answer_in_context"]) for r in mine)}
+    else:
+        summary.update(_accuracy(rows))
+        summary.update(mean_searches=mean(r.get("searches") for r in rows),
+                       mean_llm_calls=mean(r.get("llm_calls") for r in rows),
+                       gold_seen=mean(float(r.get("gold_seen", False)) for r in rows),
+                       step_limit=sum(1 for r in rows if r.get("status") == "step_limit"))
+    return summary
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The table printed at the end of a run."""
+    mode = summary["mode"]
+    head = (f"doc-qa, mode {mode}" + (f", model {summary['model']}" if summary["model"] else "")
+            + f": {summary['questions']} questions, corpus of {summary['corpus_passages']} passages")
+    if mode == "ceiling":
+        rows = [[k, percent(summary["recall_hybrid"].get(str(k))), percent(summary["recall_dense"].get(str(k))),
+                 percent(summary["answer_in_context"].get(str(k)))] for k in summary["ks"]]
+        rows.append(["all pages", percent(summary["recall_hybrid_all_pages"]),
+                     percent(summary["recall_dense_all_pages"]), ""])
+        table = format_table(["K", "recall@K hybrid", "recall@K dense", "answer in cut prompt@K"], rows)
+        note = (f"recall: gold passage among the top K passages; answer in cut prompt: an answer string survives "
+                f"the baseline's truncation to {summary['context_window']} tokens")
+    elif mode == "baseline":
+        rows = [[k, v["n"], percent(v["accuracy"]), percent(v["em_accuracy"]), percent(v["gold_in_context"]),
+                 percent(v["answer_in_context"]), rounded(v["mean_tokens"], 0), v["undecided"], v["errors"]]
+                for k, v in summary["by_k"].items()]
+        table = format_table(["K", "n", "accuracy", "string match", "gold retrieved", "answer in prompt",
+                              "tokens", "undecided", "errors"], rows)
+        note = "undecided: no string match and no --judge-model; counted wrong"
+    else:
+        table = format_table(
+            ["n", "accuracy", "string match", "gold seen", "searches", "llm calls", "tokens", "s/question",
+             "step limit", "undecided", "errors"],
+            [[summary["n"], percent(summary["accuracy"]), percent(summary["em_accuracy"]),
+              percent(summary["gold_seen"]), rounded(summary["mean_searches"]), rounded(summary["mean_llm_calls"]),
+              rounded(summary["mean_tokens"], 0), rounded(summary["mean_seconds"]), summary["step_limit"],
+              summary["undecided"], summary["errors"]]])
+        note = "gold seen: the gold passage was on a page the agent read; undecided: counted wrong"
+    return "\n".join([head, table, note, f"figure: {summary['figure']}"])
+
+
+def plot(out: Path, summary: dict[str, Any]) -> None:
+    """Accuracy vs K like the paper's Figure 5: baselines as curves, the agent as a level line, and the
+    retriever's recall@K; sibling runs on the same corpus and store are drawn too."""
+    same = [s for s in sibling_summaries(out, "doc-qa") if s.get("store") == summary["store"]]
+    series: list[Series] = []
+    for item in [summary, *same]:
+        label = series_label(item)
+        if item["mode"] == "ceiling":
+            for mode, style in (("hybrid", "-"), ("dense", "--")):
+                recall = item[f"recall_{mode}"]
+                series.append(Series(f"retriever recall@K ({mode})", [int(k) for k in recall], list(recall.values()),
+                                     style))
+            cut = item["answer_in_context"]
+            series.append(Series(f"answer survives truncation ({item['context_window']} tokens)",
+                                 [int(k) for k in cut], list(cut.values()), ":s"))
+        elif item["mode"] == "baseline":
+            points = [(int(k), v["accuracy"]) for k, v in item["by_k"].items() if v["accuracy"] is not None]
+            series.append(Series(label, [p[0] for p in points], [p[1] for p in points]))
+        elif item.get("accuracy") is not None:
+            series.append(Series(label, [1], [item["accuracy"]], horizontal=True))
+    ks = sorted({int(k) for item in [summary, *same] for k in item.get("ks", [])})
+    save_figure(out / "accuracy.png", series, title="Document QA (NaturalQuestions-Open)",
+                xlabel="documents retrieved (K)", ylabel="accuracy / recall (%)", logx=True, xticks=ks or None)

@@ -1,0 +1,414 @@
+"""Nested key-value retrieval, the paper's Figure 7: follow a chain of UUID keys through archival memory.
+
+Samples are built exactly as the paper's code built them (MemGPT `paper_experiments/nested_kv_task`):
+140 UUID pairs from lost-in-the-middle; an orderings file line with N indices makes the key at index[0]
+the query and overwrites the value of key index[i] with the key at index[i+1], so the answer takes N
+lookups (nesting level N-1). Archival memory holds one passage per pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import itertools
+import json
+import re
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docqa.bench.common import (
+    BenchError,
+    CachedEmbedder,
+    FailureGuard,
+    ResultsLog,
+    Series,
+    brief_steps,
+    chunk_texts,
+    count_searches,
+    embedding_fingerprint,
+    format_table,
+    make_client,
+    mean,
+    percent,
+    prune,
+    rounded,
+    save_figure,
+    series_label,
+    sibling_summaries,
+    usage_fields,
+    use_persona,
+    write_json,
+)
+from docqa.settings import Settings
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "nested_kv"
+RECORDS_FILE = "kv-retrieval-140_keys.first.jsonl.gz"
+MAX_LEVEL = 5
+
+# The paper's texts, verbatim from MemGPT paper_experiments/nested_kv_task/nested_kv.py.
+NESTED_PERSONA = (
+    "You are MemGPT DOC-QA bot. Your job is to answer questions about documents that are stored in your archival "
+    "memory. The answer to the users question will ALWAYS be in your archival memory, so remember to keep searching "
+    "if you can't find the answer. DO NOT STOP SEARCHING UNTIL YOU VERIFY THAT THE VALUE IS NOT A KEY. Do not stop "
+    "making nested lookups until this condition is met."
+)
+NESTED_HUMAN = "The user will ask you questions about documents. Answer them to the best of your ability."
+
+
+def agent_prompt(query_key: str) -> str:
+    """The paper's first user message to MemGPT for the nested task."""
+    return (
+        "I've given you a list of key-value pairs which you can find in your archival memory, all keys and values "
+        "are 128-bit UUIDs, and your task is to return the value associated with the specified key. "
+        "If a value itself is also a key, return the value of that key (do a nested lookup). "
+        "For example, if the value of 'x' is 'y', but 'y' is also a key, return the value of key 'y'. "
+        f"Your task is to provide the value for the following key: {query_key}. "
+        "Answer only with the value, nothing else."
+    )
+
+
+def baseline_prompt(query_key: str, pairs: list[tuple[str, str]]) -> str:
+    """The paper's fixed-context prompt: every pair as JSON, then the question."""
+    prompt = (
+        "Below is a JSON object containing key-value pairings, all keys and values are 128-bit UUIDs, and your task "
+        "is to return the value associated with the specified key. "
+        "If a value itself is also a key, return the value of that key (do a nested lookup). "
+        "For example, if the value of 'x' is 'y', but 'y' is also a key, return the value of key 'y'."
+    )
+    data_string = ",\n".join(f'"{k}": "{v}"' for k, v in pairs)
+    prompt += f"\n\nJSON data: {{\n{data_string}\n}}"
+    prompt += (f'\n\nYour task is to provide the value for the following key: "{query_key}". '
+               "Answer only with the value, nothing else.")
+    return prompt
+
+
+def passage(key: str, value: str) -> str:
+    """One archival passage, phrased as the paper inserted it."""
+    return f"Key-value pair: key = {key}, value = {value}"
+
+
+# -- samples ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    level: int
+    index: int
+    query_key: str
+    expected: str
+    pairs: list[tuple[str, str]]  # all 140, original order, values overwritten along the chain
+    chain: list[str] = field(default_factory=list)  # the keys a solver must look up, in order
+
+
+def load_records(data_dir: Path) -> list[tuple[str, str]]:
+    path = data_dir / RECORDS_FILE
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            record = json.loads(handle.readline())
+        return [(str(k), str(v)) for k, v in record["ordered_kv_records"]]
+    except FileNotFoundError:
+        raise BenchError(f"no {RECORDS_FILE} in {data_dir}: pass --data-dir pointing at the nested_kv data "
+                         "(see data/SOURCES.md)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"cannot read {path} ({type(exc).__name__}): restore it from the repository") from None
+
+
+def load_orderings(data_dir: Path, level: int) -> list[list[int]]:
+    path = data_dir / f"random_orderings_100_samples_140_indices_{level + 1}_levels.jsonl"
+    try:
+        return [[int(i) for i in json.loads(line)] for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise BenchError(f"no orderings file for nesting level {level} ({path.name}) in {data_dir}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise BenchError(f"cannot read {path} ({type(exc).__name__}): restore it from the repository") from None
+
+
+def build_sample(records: list[tuple[str, str]], indices: list[int], level: int, index: int) -> Sample:
+    """Overwrite values along `indices` as the paper's create_nested_kv_data did, and find the answer."""
+    kv = OrderedDict(records)
+    keys = list(kv)
+    for current, following in itertools.pairwise(indices):
+        kv[keys[current]] = keys[following]
+    query = keys[indices[0]]
+    chain, value = [query], kv[query]
+    while value in kv and value not in chain:  # the paper's get_nested_key, guarded against a cycle
+        chain.append(value)
+        value = kv[value]
+    return Sample(level, index, query, value, list(kv.items()), chain)
+
+
+def load_samples(data_dir: Path, levels: list[int], samples: int) -> list[Sample]:
+    records = load_records(data_dir)
+    planned = []
+    for level in levels:
+        orderings = load_orderings(data_dir, level)
+        if samples > len(orderings):
+            raise BenchError(f"--samples {samples} is more than the {len(orderings)} orderings for level {level}")
+        planned += [build_sample(records, orderings[s], level, s) for s in range(samples)]
+    return planned
+
+
+# -- the store ------------------------------------------------------------------------------------
+class SampleStore:
+    """One collection that holds, in turn, each sample's 140 pairs, one text file per pair.
+
+    Samples differ from the shared 140 base pairs in at most 5 values, and ingestion is idempotent per
+    file, so loading the next sample re-ingests only the few pair files whose text changed: about 10
+    files instead of 140. The real pipeline does all writes. One run at a time may use the collection.
+    """
+
+    def __init__(self, settings: Settings, mode: str, embedder: CachedEmbedder) -> None:
+        from docqa.store import ArchivalStore
+
+        collection = f"kv-{embedding_fingerprint(settings)}-{mode}"
+        self.directory = settings.store_dir / "documents" / collection  # the sources the store names
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = open(settings.store_dir / f"{collection}.bench.lock", "w")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise BenchError(f"another nested-kv {mode} run is using the store in {settings.store_dir}; wait for "
+                             "it, or pass another --out or --store") from None
+        self.embedder = embedder
+        self.store = ArchivalStore(settings.with_(collection=collection), embedder=embedder)
+
+    def load(self, sample: Sample) -> Any:
+        """The store holding exactly this sample's pairs."""
+        from docqa.ingest import Ingestor, source_of
+
+        changed, sources = [], set()
+        for number, (key, value) in enumerate(sample.pairs):
+            text, path = passage(key, value), self.directory / f"pair-{number:03d}.txt"
+            sources.add(source_of(path))
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
+                changed.append(text)
+        tokenizer = self.embedder.tokenizer
+        self.embedder.prime(t for text in changed for t in chunk_texts(text, self.store.settings, tokenizer))
+        prune(self.store, sources)
+        report = Ingestor(self.store, progress=False, notice=lambda message: None).run([self.directory])
+        if report.files_failed:
+            failure = report.files_failed[0]
+            raise BenchError(f"could not load level {sample.level} sample {sample.index} into the store: "
+                             f"{failure.path}: {failure.error}")
+        return self.store
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self.store.catalog, "close", None)
+        if close is not None:
+            close()
+        self._lock.close()  # releases the flock
+
+
+# -- the three modes --------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    answer: str
+    status: str
+    searches: int = 0
+    steps: int = 0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def solve_by_search(store: Any, query_key: str, max_lookups: int = 64) -> Outcome:
+    """The ceiling: follow the chain with nothing but archival_memory_search pages, no LLM.
+
+    For each key, read pages until a passage says `key = <current>,`; when no page of the whole ranking
+    does, the current UUID is the answer. `searches_stop_rule` counts what the paper's agent needed
+    instead: it stops as soon as a page shows the UUID only as a value.
+    """
+    current, searches, stop_rule = query_key, 0, 0
+    key_pages: list[int] = []  # the page each key was found on
+    for _ in range(max_lookups):
+        needle = f"key = {current},"
+        page, value = 0, None
+        only_as_value_first = False
+        while True:
+            result = store.search(current, page=page)
+            searches += 1
+            texts = [hit.record.text for hit in result.hits]
+            if page == 0:
+                only_as_value_first = (any(f"value = {current}" in t for t in texts)
+                                       and not any(needle in t for t in texts))
+            match = next((re.search(re.escape(needle) + r" value = ([\w-]+)", t) for t in texts if needle in t), None)
+            if match:
+                value = match.group(1)
+                break
+            if page + 1 >= result.num_pages:
+                break
+            page += 1
+        if value is None:
+            stop_rule += 1 if only_as_value_first else page + 1
+            return Outcome(current, "answered", searches=searches, steps=searches,
+                           extra={"searches_stop_rule": stop_rule, "key_pages": key_pages})
+        stop_rule += page + 1
+        key_pages.append(page)
+        current = value
+    return Outcome(current, "step_limit", searches=searches, steps=searches,
+                   error=f"no end after {max_lookups} lookups (a cycle?)")
+
+
+def run_agent(sample: Sample, store: Any, settings: Settings, client: Any) -> Outcome:
+    from docqa.agent import Agent
+
+    agent = Agent(settings, store, client)
+    use_persona(agent, NESTED_PERSONA, NESTED_HUMAN)
+    result = agent.ask(agent_prompt(sample.query_key))
+    return Outcome(result.answer, result.status, searches=count_searches(result.steps), steps=len(result.steps),
+                   llm_calls=result.llm_calls, prompt_tokens=result.prompt_tokens,
+                   completion_tokens=result.completion_tokens, error=result.error,
+                   extra={"trace": brief_steps(result.steps)})
+
+
+def run_baseline(sample: Sample, client: Any) -> Outcome:
+    from docqa.llm import LLMError
+
+    try:
+        reply = client.complete([{"role": "user", "content": baseline_prompt(sample.query_key, sample.pairs)}])
+    except LLMError as exc:
+        return Outcome("", "error", llm_calls=1, error=str(exc))
+    return Outcome(reply.content or "", "answered", llm_calls=1, prompt_tokens=reply.prompt_tokens,
+                   completion_tokens=reply.completion_tokens)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@dataclass
+class Config:
+    levels: list[int]
+    samples: int
+    mode: str
+    out: Path
+    data_dir: Path
+    settings: Settings  # store_dir (default out/store), and the LLM for agent/baseline
+    progress: bool = True
+
+
+KEY_FIELDS = ("mode", "model", "level", "sample")
+
+
+def run(config: Config) -> dict[str, Any]:
+    """Run every planned sample not already finished in out/results.jsonl; write summary and figure."""
+    from tqdm import tqdm
+
+    settings = config.settings
+    model = settings.model if config.mode != "ceiling" else None
+    samples = load_samples(config.data_dir, config.levels, config.samples)
+    log = ResultsLog(config.out / "results.jsonl", KEY_FIELDS)
+    keys = [(config.mode, model, s.level, s.index) for s in samples]
+    todo = [s for s, key in zip(samples, keys, strict=True) if not log.finished(key)]
+    client = make_client(settings, purpose=f"--mode {config.mode}") if config.mode != "ceiling" and todo else None
+    guard = FailureGuard(log.path)
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"nested-kv {config.mode}",
+               unit="sample", disable=not config.progress, file=sys.stderr)
+    with bar, contextlib.ExitStack() as stack:
+        stores = None
+        if config.mode != "baseline" and todo:
+            stores = stack.enter_context(SampleStore(settings, config.mode, _embedder(settings)))
+        for sample in todo:
+            if stores is None:
+                started = time.perf_counter()
+                outcome = run_baseline(sample, client)
+            else:
+                store = stores.load(sample)
+                started = time.perf_counter()  # time the task, not the store update
+                if config.mode == "ceiling":
+                    outcome = solve_by_search(store, sample.query_key)
+                else:
+                    outcome = run_agent(sample, store, store.settings, client)
+            log.append(_row(config.mode, model, sample, outcome, time.perf_counter() - started))
+            if config.mode != "ceiling":
+                guard.record(outcome.status, outcome.error)
+            bar.update(1)
+    summary = summarize(log.select(keys), config, model)
+    write_json(config.out / "summary.json", summary)
+    plot(config.out, summary)
+    return summary
+
+
+def _embedder(settings: Settings) -> CachedEmbedder:
+    from docqa.embeddings import load_embedder
+
+    return CachedEmbedder(load_embedder(settings.embedding_model, settings.embedding_backend))
+
+
+def _row(mode: str, model: str | None, sample: Sample, outcome: Outcome, seconds: float) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "bench": "nested-kv", "mode": mode, "model": model, "level": sample.level, "sample": sample.index,
+        "lookups": sample.level + 1, "query_key": sample.query_key, "expected": sample.expected,
+        "answer": outcome.answer, "correct": sample.expected in outcome.answer, "status": outcome.status,
+        "steps": outcome.steps, "searches": outcome.searches,
+        **usage_fields(outcome.prompt_tokens, outcome.completion_tokens, outcome.llm_calls),
+        "seconds": round(seconds, 3), "error": outcome.error,
+    }
+    row.update(outcome.extra)
+    return row
+
+
+def summarize(rows: list[dict[str, Any]], config: Config, model: str | None) -> dict[str, Any]:
+    levels: dict[str, Any] = {}
+    for level in config.levels:
+        mine = [r for r in rows if r["level"] == level]
+        correct = sum(1 for r in mine if r["correct"])
+        uses_llm = config.mode != "ceiling"
+        levels[str(level)] = {
+            "lookups": level + 1, "n": len(mine), "correct": correct,
+            "accuracy": correct / len(mine) if mine else None,
+            "errors": sum(1 for r in mine if r["status"] == "error"),
+            "mean_searches": mean(r["searches"] for r in mine) if config.mode != "baseline" else None,
+            "mean_searches_stop_rule": mean(r.get("searches_stop_rule") for r in mine),
+            "mean_llm_calls": mean(r["llm_calls"] for r in mine) if uses_llm else None,
+            "mean_tokens": mean(r["tokens"] for r in mine) if uses_llm else None,
+            "mean_seconds": mean(r["seconds"] for r in mine),
+        }
+    total = sum(v["n"] for v in levels.values())
+    return {
+        "bench": "nested-kv", "mode": config.mode, "model": model, "samples_per_level": config.samples,
+        "page_size": config.settings.page_size, "search_depth": config.settings.search_depth,
+        "embedding_model": config.settings.embedding_model, "levels": levels,
+        "accuracy": (sum(v["correct"] for v in levels.values()) / total) if total else None,
+        "results": str(config.out / "results.jsonl"), "figure": str(config.out / "accuracy.png"),
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The table printed at the end of a run."""
+    rows = []
+    for level, v in summary["levels"].items():
+        rows.append([level, v["lookups"], f"{v['correct']}/{v['n']}", percent(v["accuracy"]),
+                     rounded(v["mean_searches"]), rounded(v["mean_searches_stop_rule"]),
+                     rounded(v["mean_llm_calls"]), rounded(v["mean_tokens"], 0), rounded(v["mean_seconds"], 2),
+                     v["errors"] or ""])
+    head = f"nested-kv, mode {summary['mode']}" + (f", model {summary['model']}" if summary["model"] else "")
+    table = format_table(["level", "lookups", "correct", "accuracy", "searches", "searches*", "llm calls",
+                          "tokens", "s/sample", "errors"], rows)
+    notes = [f"accuracy overall: {percent(summary['accuracy'])}; figure: {summary['figure']}"]
+    if summary["mode"] == "ceiling":
+        notes.append("searches: pages read, including every page of the final search to prove the last value "
+                     "is no key; searches*: what the paper's stopping rule needs (stop when a page shows the "
+                     "value only as a value)")
+    return "\n".join([head, table, *notes])
+
+
+def plot(out: Path, summary: dict[str, Any]) -> None:
+    """Accuracy vs nesting level for this run and any sibling runs (other modes or models), as Figure 7."""
+    series = []
+    for item in [summary, *sibling_summaries(out, "nested-kv")]:
+        points = [(int(level), v["accuracy"]) for level, v in item.get("levels", {}).items()
+                  if v.get("accuracy") is not None]
+        if points:
+            points.sort()
+            series.append(Series(series_label(item), [p[0] for p in points], [p[1] for p in points]))
+    levels = sorted({x for s in series for x in s.x}) or [0]
+    save_figure(out / "accuracy.png", series, title="Nested key-value retrieval (140 UUID pairs)",
+                xlabel="nesting level (lookups - 1)", ylabel="accuracy (%)", xticks=levels)
