@@ -352,3 +352,12 @@ def chat(session: str, trace: bool, **flags: Any) -> None:
             click.echo(f"docqa: no answer within {config.max_steps} steps", err=True)
         else:
             click.echo(f"docqa: error: {result.error}", err=True)
+
+
+def _register_bench() -> None:
+    from docqa.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_register_bench()
