@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from docqa.bench.cli import bench
+from docqa.settings import resolve
+from docqa.store import ArchivalStore
 from tests.fake_llm import FakeLLMServer, last_tool_results, text_response, tool_call_response, wants_function_call
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -193,7 +195,11 @@ def test_notes_an_agent_inserts_never_reach_the_next_sample(tmp_path: Path, kv_s
     assert summary["accuracy"] == 1.0
     for row in rows(tmp_path):
         assert "archival_memory_insert" in [step["function"] for step in row["trace"]]
-        assert row["trace"][0]["result"].startswith("Showing 5 of 140 results")  # no earlier sample's note
+    # Each sample starts from its 140 pairs alone: only the last sample's note is left in the store.
+    pair_file = re.search(r"\S+/pair-\d+\.txt", rows(tmp_path)[-1]["trace"][0]["result"]).group(0)
+    store = ArchivalStore(resolve(store_dir=kv_store, collection=Path(pair_file).parent.name))
+    sources = [doc.source for doc in store.documents()]
+    assert len(sources) == 141 and sum(1 for s in sources if s.startswith("memory://")) == 1
 
 
 def test_nested_kv_baseline_sends_the_pairs_as_json(tmp_path: Path) -> None:
