@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from docqa.bench.nested_kv import load_samples, passage
 from docqa.cli import main
 from docqa.ingest import Ingestor
 from docqa.settings import resolve
@@ -22,17 +22,11 @@ DATA = Path(__file__).parent.parent / "data" / "nested_kv"
 SECRET = "sk-test-SECRET-0123456789"
 
 
-def kv_sample(lookups: int, sample: int) -> tuple[list[list[str]], str, str, list[str]]:
-    """Build a nested-KV sample as the paper's code did: (pairs, query key, expected value, chain keys)."""
-    with gzip.open(DATA / "kv-retrieval-140_keys.first.jsonl.gz", "rt") as handle:
-        record = json.loads(handle.readline())
-    pairs = [list(p) for p in record["ordered_kv_records"]]
-    order = json.loads((DATA / f"random_orderings_100_samples_140_indices_{lookups}_levels.jsonl")
-                       .read_text().splitlines()[sample])
-    expected = pairs[order[-1]][1]
-    for a, b in zip(order, order[1:], strict=False):
-        pairs[a][1] = pairs[b][0]
-    return pairs, pairs[order[0]][0], expected, [pairs[i][0] for i in order]
+def kv_sample(lookups: int, sample: int) -> tuple[list[tuple[str, str]], str, str, list[str]]:
+    """A nested-KV sample built as the paper's code did: (pairs, query key, expected value, chain keys)."""
+    level = lookups - 1
+    built = load_samples(DATA, [level], sample + 1)[sample]
+    return built.pairs, built.query_key, built.expected, built.chain
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,7 @@ def kv_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str, 
     docs = root / "pairs"
     docs.mkdir()
     for i, (k, v) in enumerate(pairs):
-        (docs / f"pair-{i:03d}.txt").write_text(f"Key-value pair: key = {k}, value = {v}\n")
+        (docs / f"pair-{i:03d}.txt").write_text(passage(k, v) + "\n")
     store_dir = root / "store"
     store = ArchivalStore(resolve(store_dir=store_dir))
     report = Ingestor(store, progress=False, notice=lambda m: None).run([docs])
