@@ -288,7 +288,8 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
 
     problems: list[str] = []
     store_dir = Path(store)
-    empty = {"problems": [], "lost": 0, "duplicated": 0, "documents": 0, "chunks": 0, "found": 0}
+    empty = {"problems": [], "lost": 0, "duplicated": 0, "documents": 0, "chunks": 0, "found": 0,
+             "vectors_unreadable": False}
     if not catalog_path(store_dir).exists():
         # killed before the catalog was made: nothing written, nothing to check
         return {**empty, "problems": ["no catalog after a completed run"] if final else []}
@@ -356,9 +357,17 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
         if stale_rows:
             problems.append(f"{len(stale_rows)} chunk rows of old or aborted versions left after a completed run")
 
+    from chromadb.errors import ChromaError
+
     embedder = load_embedder()
     store_obj = ArchivalStore(Settings(store_dir=store_dir, collection=COLLECTION), embedder=embedder)
-    got = store_obj.collection.get(include=["metadatas", "documents"])
+    try:
+        got = store_obj.collection.get(include=["metadatas", "documents"])
+    except ChromaError as exc:
+        # Chroma's own files are damaged (killed while it saved its index): the next writer rebuilds them.
+        problems.append(f"Chroma's vector index cannot be loaded: {str(exc)[-120:]}")
+        return {"problems": problems, "lost": len(lost), "duplicated": len(duplicated),
+                "documents": len(documents), "chunks": len(current), "found": 0, "vectors_unreadable": True}
     chroma = {i: (m, d) for i, m, d in zip(got["ids"], got["metadatas"], got["documents"], strict=True)}
     missing_dense = set(current) - set(chroma)
     if missing_dense:
@@ -400,7 +409,7 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
         if any(hit.record.source not in documents for hit in lexical + hybrid):
             problems.append(f"search for {word} returned a chunk of an uncommitted file")
     return {"problems": problems, "lost": len(lost), "duplicated": len(duplicated),
-            "documents": len(documents), "chunks": len(current), "found": found}
+            "documents": len(documents), "chunks": len(current), "found": found, "vectors_unreadable": False}
 
 
 # -- results ----------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ every 8 vectors (so kills land while the index is being written to disk), or fro
 versions of the files (so kills land while documents are being replaced). It runs `docqa ingest` on the
 corpus and SIGKILLs it 1-3 times, each at a random moment: a random time after the start, or once the
 store holds a random number of the expected chunk rows plus a random delay. After each kill the store is
-checked as it stands (every committed file complete, nothing untracked); then the ingest is re-run to
+checked as it stands (every committed file complete, nothing untracked; if the kill hit Chroma while it
+was saving its index, the index cannot be loaded and the re-run must rebuild it from the catalog, which
+is counted, not failed); then the ingest is re-run to
 completion and the store checked against a clean ingest of the same corpus: every file's chunks present
 exactly once, the catalog, its lexical index and Chroma's vector index holding the same chunk ids, and
 search (in a new process) finding every file by the one word only it contains.
@@ -63,6 +65,14 @@ def make_stress_collection(store: str) -> bool:
     return True
 
 
+def inspect(store: Path, corpus: Corpus, references: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+    try:
+        return in_child(inspect_store, str(store), corpus.words, references, final)
+    except (RuntimeError, TimeoutError) as exc:
+        return {"problems": [f"the store check itself failed: {str(exc)[-400:]}"], "lost": 0, "duplicated": 0,
+                "chunks": 0, "found": 0, "vectors_unreadable": False}
+
+
 def search_finds(word: str, source: str, store: Path, launcher: str, log: Path) -> str | None:
     """Run `docqa search WORD --json` as a new process; return what is wrong, if anything."""
     run = Run(["search", word, "--store", str(store), "--json"], launcher, log)
@@ -112,16 +122,18 @@ def run_trial(trial: int, seed: int, corpus: Corpus, references: list[dict[str, 
                 "documents_committed": documents}
         if not landed and run.returncode != 0:
             outcome["problems"].append(f"run {k} finished before its kill with exit {run.returncode}")
-        check = in_child(inspect_store, str(store), corpus.words, references, False)
-        kill["problems"] = check["problems"]
-        outcome["problems"] += [f"after kill {k}: {p}" for p in check["problems"]]
+        check = inspect(store, corpus, references, final=False)
+        kill["damaged_chroma"] = check["vectors_unreadable"]
+        if not check["vectors_unreadable"]:  # a damaged index is the re-run's to rebuild; judged after it
+            kill["problems"] = check["problems"]
+            outcome["problems"] += [f"after kill {k}: {p}" for p in check["problems"]]
         outcome["kills"].append(kill)
         if not landed:
             break  # the run finished: later kills would only hit runs with nothing left to do
     final = Run(ingest_args(corpus, store), launcher, logs / f"trial{trial:02d}-final.log")
     if final.wait(timeout=RUN_TIMEOUT) != 0:
         outcome["problems"].append(f"re-run exited {final.returncode}: {final.errors()[-500:]}")
-    check = in_child(inspect_store, str(store), corpus.words, references, True)
+    check = inspect(store, corpus, references, final=True)
     outcome["problems"] += check["problems"]
     outcome.update(lost=check["lost"], duplicated=check["duplicated"], chunks=check["chunks"],
                    files_found=check["found"])
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = run_trial(trial, args.seed, corpus, references, work, launcher, t_reference, old_store)
             outcomes.append(outcome)
             kills = ", ".join(f"{k['how']}@{k['at_s']}s{'' if k['landed'] else '(done)'} rows={k['rows_written']}"
-                              for k in outcome["kills"])
+                              f"{' chroma-damaged' if k['damaged_chroma'] else ''}" for k in outcome["kills"])
             status = "ok" if not outcome["problems"] else "FAILED: " + "; ".join(outcome["problems"])
             print(f"trial {trial:2d} [{outcome['start']}] kills: {kills} -> {status}", flush=True)
     finally:
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "kills_landed": len(landed),
         "kills_mid_write": sum(k["rows_written"] > 0 and k["documents_committed"] < len(corpus.words)
                                for k in landed),
+        "kills_that_left_chroma_unloadable": sum(k["damaged_chroma"] for k in kills),
         "faults_survived": sum(k["landed"] for o in outcomes if not o["problems"] for k in o["kills"]),
         "chunks_checked": sum(o["chunks"] for o in outcomes),
         "chunks_lost": sum(o["lost"] for o in outcomes),
@@ -209,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "clean_ingest_s": round(t_reference, 2),
         "seconds": round(time.monotonic() - started, 1),
     }
-    print(f"{trials} trials, {len(landed)}/{len(kills)} kills landed ({payload['kills_mid_write']} mid-write), "
+    print(f"{trials} trials, {len(landed)}/{len(kills)} kills landed ({payload['kills_mid_write']} mid-write, "
+          f"{payload['kills_that_left_chroma_unloadable']} left Chroma unloadable), "
           f"{payload['chunks_checked']} chunks checked, lost {payload['chunks_lost']}, duplicated "
           f"{payload['chunks_duplicated']}, {len(failures)} failed trials; {payload['seconds']} s", flush=True)
     if not args.no_record:

@@ -9,8 +9,8 @@ cyclic page tree, nested arrays, reference loops, a billion pages claimed, a dec
 report; anything else (an exception, a hang) is a failure. Then `docqa ingest` runs on a directory of
 such files and on a 5 MB line with --file-timeout 2, and the store is checked.
 
-    python benchmarks/hostile_input.py            # ~1,700 generated inputs
-    python benchmarks/hostile_input.py --quick    # ~170
+    python benchmarks/hostile_input.py            # ~1,500 generated inputs
+    python benchmarks/hostile_input.py --quick    # ~160
 
 Results go to benchmarks/results/reliability.json (section "hostile_input").
 """

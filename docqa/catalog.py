@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class Catalog:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -80,9 +82,15 @@ class Catalog:
         self._common: dict[str, bool] = {}  # query term -> in too many chunks to be worth scoring
         self._common_version = -1
         self._common_threshold = 0  # 0: keep every term
+        self._generations: set[str] = set()  # current generations, for `committed`
+        self._generations_version = -1
+        self._reader: sqlite3.Connection | None = None  # lexical search's own connection (see _lexical_db)
+        self._reader_lock = threading.Lock()
 
     def close(self) -> None:
         self.db.close()
+        if self._reader is not None:
+            self._reader.close()
 
     # -- metadata -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -170,14 +178,23 @@ class Catalog:
         return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def committed(self, ids: Sequence[str]) -> set[str]:
-        """The committed ids among `ids` (ids only: dense search filters ~260 per query, texts unneeded)."""
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            part = list(ids[start : start + 500])
-            marks = ",".join("?" * len(part))
-            found.update(row[0] for row in self.db.execute(
-                f"SELECT c.id FROM chunks c {_CURRENT} WHERE c.id IN ({marks})", part))
-        return found
+        """The committed ids among `ids`: those of a document's current generation.
+
+        Chunk ids are `<generation>:<index>` and a generation's rows are in the catalog from before its
+        vectors reach Chroma until after they leave it, so the id alone says whether a chunk is current.
+        Dense search filters ~260 ids per query this way with no SQL (a lookup cost ~3 ms at 100k chunks).
+        """
+        version = self.version()
+        if version != self._generations_version:
+            self._generations = {row[0] for row in self.db.execute("SELECT generation FROM documents")}
+            self._generations_version = version
+        return {i for i in ids if i.rpartition(":")[0] in self._generations}
+
+    def committed_rows(self) -> list[tuple[str, str, str, str, int, int, int]]:
+        """(id, text, source, generation, chunk, page_start, page_end) of every committed chunk."""
+        return list(self.db.execute(
+            f"SELECT c.id, c.text, c.source, c.generation, c.idx, c.page_start, c.page_end FROM chunks c {_CURRENT}"
+            " ORDER BY c.rowid"))
 
     def current_ids(self) -> set[str]:
         return {row[0] for row in self.db.execute(f"SELECT c.id FROM chunks c {_CURRENT}")}
@@ -193,18 +210,31 @@ class Catalog:
             found.update((row[0], ChunkRecord(*row)) for row in rows)
         return found
 
+    @property
+    def _lexical_db(self) -> sqlite3.Connection:
+        """Lexical search's own connection: hybrid search runs it in a thread while the main connection
+        serves the dense side (one SQLite connection runs one statement at a time)."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        return self._reader
+
     def lexical(self, query: str, limit: int) -> list[str]:
-        """Ids of committed chunks matching any query term, best BM25 first (ties by id)."""
+        """Ids of committed chunks matching any query term, best BM25 first (ties by id); thread-safe."""
         terms = query_terms(query)[:64]
         if not terms:
             return []
+        with self._reader_lock:
+            return self._lexical(terms, limit)
+
+    def _lexical(self, terms: list[str], limit: int) -> list[str]:
+        db = self._lexical_db
         match = _match(self._selective(terms))
         # BM25 over the FTS index alone, then the committed filter on the few best rows: joining every
         # match to chunks/documents before sorting cost ~2x more at 100k chunks. Rows of a pending
         # ingest may fill the fetched head, so fetch deeper until the answer is provably complete.
         fetch = limit + 64
         while True:
-            head = self.db.execute(
+            head = db.execute(
                 "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ?"
                 " ORDER BY bm25(chunks_fts) LIMIT ?", (match, fetch)).fetchall()
             scores = dict(head)
@@ -221,8 +251,8 @@ class Catalog:
         for start in range(0, len(rowids), 500):
             part = rowids[start : start + 500]
             marks = ",".join("?" * len(part))
-            out.extend(self.db.execute(f"SELECT c.rowid, c.id FROM chunks c {_CURRENT} WHERE c.rowid IN ({marks})",
-                                       part))
+            out.extend(self._lexical_db.execute(
+                f"SELECT c.rowid, c.id FROM chunks c {_CURRENT} WHERE c.rowid IN ({marks})", part))
         return out
 
     def _selective(self, terms: list[str]) -> list[str]:
@@ -235,11 +265,13 @@ class Catalog:
         (scoring that many is cheap), so small stores search with every term. Counts are cached per
         catalog version.
         """
-        version = self.version()
+        db = self._lexical_db
+        # This connection's data_version changes whenever any other connection, ours included, commits.
+        version = int(db.execute("PRAGMA data_version").fetchone()[0])
         if version != self._common_version:
             self._common = {}
             self._common_version = version
-            total = self.total_chunks()
+            total = int(db.execute("SELECT COALESCE(SUM(chunks), 0) FROM documents").fetchone()[0])
             # A term in over half the chunks has an idf FTS5 floors near zero: it ranks nothing, it only
             # makes every chunk "match", and those chunks' arbitrary order then drowns the exact matches in
             # the fused ranking. So half the store is the threshold even where scoring all would be cheap.
@@ -250,7 +282,7 @@ class Catalog:
             return terms
         for term in terms:
             if term not in self._common:
-                (count,) = self.db.execute(
+                (count,) = db.execute(
                     "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
                     (_match([term]), threshold + 1)).fetchone()
                 self._common[term] = count > threshold

@@ -62,3 +62,35 @@ def test_concurrent_writers_and_readers_see_a_consistent_store(summaries: dict[s
     assert concurrency["short_lived_reads"] >= 1 and concurrency["long_lived_searches"] >= 1
     assert concurrency["chunks_lost"] == 0 and concurrency["chunks_duplicated"] == 0
     assert summaries["exit"] == 0, summaries["output"]
+
+
+def test_a_vector_index_damaged_by_a_crash_is_rebuilt_by_the_next_ingest(tmp_path: Path, embedder: Any) -> None:
+    from docqa.store import _local_client
+    from tests.documents import real_text_paragraphs, write_text
+    from tests.helpers import invoke, invoke_json, open_store, search_json
+
+    store = tmp_path / "store"
+    # Chroma saving its index every 8 vectors, so that this small store has saved index files to damage.
+    _local_client(store).create_collection("docqa", embedding_function=None,
+                                           metadata={"hnsw:space": "cosine", "hnsw:sync_threshold": 8})
+    corpus = tmp_path / "corpus"
+    write_text(corpus / "a.txt", "\n\n".join(real_text_paragraphs(12)) + "\nThe code word is zqxdamaged.")
+    write_text(corpus / "b.txt", "\n\n".join(real_text_paragraphs(24)[12:]))
+    assert invoke_json("ingest", corpus)[0].exit_code == 0
+    chunks = open_store().count()
+    saved = list((store / "chroma").glob("*/index_metadata.pickle"))
+    assert chunks > 8 and saved
+    for path in saved:
+        path.write_bytes(b"")  # what a kill in the middle of Chroma's save leaves
+
+    broken = invoke("search", "zqxdamaged")
+    assert broken.exit_code == 1
+    assert "vector index cannot be read" in broken.stderr and "docqa ingest" in broken.stderr
+
+    repaired = invoke("ingest", corpus)
+    assert repaired.exit_code == 0, repaired.stderr
+    assert f"rebuilding it from the catalog: {chunks} chunks" in repaired.stderr
+    hits = search_json("zqxdamaged", "--mode", "dense", "--page-size", 50)["results"]
+    assert len(hits) == min(chunks, 50) and any("zqxdamaged" in hit["text"] for hit in hits)
+    store_obj = open_store()
+    assert set(store_obj.collection.get(include=[])["ids"]) == store_obj.catalog.current_ids()
