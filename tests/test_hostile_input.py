@@ -115,6 +115,7 @@ HOSTILE_PDFS = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_PDFS))
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see the time-limit test
 def test_hand_made_hostile_pdfs(name: str, tmp_path: Path, embedder: Any) -> None:
     path = tmp_path / f"{name}.pdf"
     path.write_bytes(HOSTILE_PDFS[name]())
