@@ -34,7 +34,7 @@ def previous_searches(body: dict[str, Any]) -> list[tuple[str, int]]:
         for name, arguments in calls:
             if name == "archival_memory_search":
                 args = json.loads(arguments)
-                found.append((args["query"], int(args.get("page", 0))))
+                found.append((args["query"], int(args.get("page") or 0)))
     return found
 
 

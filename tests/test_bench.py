@@ -16,6 +16,7 @@ from docqa.bench.cli import bench
 from docqa.settings import resolve
 from docqa.store import ArchivalStore
 from tests.fake_llm import FakeLLMServer, last_tool_results, text_response, tool_call_response, wants_function_call
+from tests.kv_policy import previous_searches
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
@@ -51,27 +52,6 @@ class Counting:
 
 
 # -- policies ---------------------------------------------------------------------------------------
-def _searches(body: dict[str, Any]) -> list[tuple[str, int]]:
-    """(query, page) of the archival searches this conversation made, in order (tools or JSON mode)."""
-    found = []
-    for message in body["messages"]:
-        if message["role"] != "assistant":
-            continue
-        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
-        content = (message.get("content") or "").strip()
-        if not calls and content.startswith("{"):
-            try:
-                parsed = json.loads(content)
-                calls = [(parsed["function"], json.dumps(parsed.get("arguments", {})))]
-            except (ValueError, KeyError, TypeError):
-                pass
-        for name, arguments in calls:
-            if name == "archival_memory_search":
-                args = json.loads(arguments)
-                found.append((args["query"], int(args.get("page") or 0)))
-    return found
-
-
 def _user_text(body: dict[str, Any], needle: str) -> str:
     return next(m["content"] for m in body["messages"] if m["role"] == "user" and needle in (m["content"] or ""))
 
@@ -83,7 +63,7 @@ def kv_agent_policy(body: dict[str, Any]) -> dict[str, Any]:
         return text_response("Summary: looking up keys.")  # the memory manager's summary request
     current = re.search(rf"following key: ({UUID})", _user_text(body, "following key:")).group(1)
     page: int | None = 0
-    for (query, searched_page), result in zip(_searches(body), last_tool_results(body), strict=False):
+    for (query, searched_page), result in zip(previous_searches(body), last_tool_results(body), strict=False):
         if query != current:
             continue
         match = re.search(rf"key = {current}, value = ({UUID})", result)
