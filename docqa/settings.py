@@ -33,7 +33,7 @@ class Settings:
     page_size: int = 5  # results per search page, as in MemGPT
     search_depth: int = 200  # how deep each ranking goes; pages cover exactly this fused ranking
     # Re-rank this many top results with the full transformer at query time (dense and hybrid search).
-    # None: 30 with the static backend (it restores the transformer's recall), 0 (off) with torch.
+    # None: 50 with the static backend (it restores most of the transformer's recall), 0 (off) with torch.
     rerank_depth: int | None = None
     # LLM
     model: str | None = None
