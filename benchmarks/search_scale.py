@@ -2,7 +2,7 @@
 
     python benchmarks/search_scale.py                  # 10k and 100k chunks (about 10 minutes)
     python benchmarks/search_scale.py --quick          # 2k and 10k chunks, under 2 minutes
-    python benchmarks/search_scale.py --sizes 10000 100000 1000000
+    python benchmarks/search_scale.py --sizes 1000000  # writes results/search_scale_1M.json
 
 Texts are real: the NQ-open gold Wikipedia passages, repeated with variations (sentences rotated, one
 dropped, a copy number added) so that the lexical index sees a real vocabulary and real document
@@ -18,10 +18,14 @@ the row "warm page 10", which pages on through a ranking computed just before.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import io
+import json
+import os
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -127,14 +131,28 @@ def profile_hybrid(store, queries: list[str]) -> str:
     return out.getvalue()
 
 
-def run_size(n: int, questions: list[str], n_queries: int, embedder, workdir: Path) -> dict:
-    texts, vectors = corpus(n)
+def built_store(n: int, embedder, workdir: Path) -> tuple[Path, dict]:
+    """The store of n chunks in workdir, built unless a finished build is there (--keep); its build record."""
     store_dir = workdir / f"store-{n}"
+    record_file = store_dir / "bench-build.json"
+    if record_file.exists():
+        print(f"{n:>9,} chunks: reusing the store built in {store_dir}")
+        return store_dir, json.loads(record_file.read_text())
+    shutil.rmtree(store_dir, ignore_errors=True)
+    texts, vectors = corpus(n)
+    load_before = os.getloadavg()
     store, insert_s = build(store_dir, texts, vectors, embedder)
-    del texts, vectors
-    # Search as a user would: a store opened afresh, with nothing of the build still in memory.
     store.catalog.close()
-    del store
+    record = {"insert_seconds": round(insert_s, 2),
+              "load_average_during_build": [round(x, 2) for x in (load_before[0], os.getloadavg()[0])]}
+    record_file.write_text(json.dumps(record) + "\n")
+    return store_dir, record
+
+
+def run_size(n: int, questions: list[str], n_queries: int, embedder, workdir: Path) -> dict:
+    store_dir, build_record = built_store(n, embedder, workdir)
+    insert_s = build_record["insert_seconds"]
+    # Search as a user would: a store opened afresh, with nothing of the build still in memory.
     gc.collect()
     from docqa.settings import Settings
     from docqa.store import ArchivalStore
@@ -161,6 +179,7 @@ def run_size(n: int, questions: list[str], n_queries: int, embedder, workdir: Pa
     stages = breakdown(store, [q + " (stage)" for q in sets[0]])
     print("    hybrid stages p50: " + ", ".join(f"{k} {v['p50_ms']:.2f} ms" for k, v in stages.items()))
     result = {"chunks": n, "insert_seconds": round(insert_s, 2), "insert_chunks_per_s": round(n / insert_s, 1),
+              "load_average_during_build": build_record["load_average_during_build"],
               "disk_bytes": size, "disk_mb": round(size / 1e6, 1), "latency": rows, "hybrid_stages": stages,
               "page10_over_page0_hybrid": round(rows["hybrid_page10"]["p50_ms"] / rows["hybrid_page0"]["p50_ms"], 3),
               "page10_over_page0_dense": round(rows["dense_page10"]["p50_ms"] / rows["dense_page0"]["p50_ms"], 3)}
@@ -200,7 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2k and 10k chunks, 40 queries per row")
     parser.add_argument("--sizes", type=int, nargs="+", help="store sizes (default 10000 100000)")
     parser.add_argument("--queries", type=int, help="distinct queries per row (default 200, quick 40)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="build the stores in DIR and keep them; a later run with the same DIR reuses them")
+    parser.add_argument("--build-only", action="store_true",
+                        help="with --keep: build the stores now, measure in a later run (e.g. on a quiet machine)")
     args = parser.parse_args(argv)
+    if args.build_only and not args.keep:
+        parser.error("--build-only needs --keep DIR")
     sizes = args.sizes or ([2_000, 10_000] if args.quick else [10_000, 100_000])
     n_queries = args.queries or (40 if args.quick else 200)
     info = machine()
@@ -212,10 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     questions = list(dict.fromkeys(r["question"] for r in nq_questions()))
     np.random.default_rng(1).shuffle(questions)
     results = []
-    with tempfile.TemporaryDirectory(prefix="docqa-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        workdir = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="docqa-bench-")))
+        workdir.mkdir(parents=True, exist_ok=True)
         for n in sizes:
-            results.append(run_size(n, questions, n_queries, embedder, Path(tmp)))
+            if args.build_only:
+                built_store(n, embedder, workdir)
+            else:
+                results.append(run_size(n, questions, n_queries, embedder, workdir))
+    if args.build_only:
+        return 0
     name = "search_scale_quick" if args.quick else "search_scale"
+    if args.sizes:  # other sizes go to their own file, beside the default run's
+        name += "_" + "_".join(f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0
+                               else str(n) for n in sizes)
     at = next((r for r in results if r["chunks"] == 100_000), None)
     target = {"hybrid_page0_p50_ms_at_100k_at_most": TARGET_P50_MS,
               "page10_within_x_of_page0": TARGET_PAGE10_RATIO}

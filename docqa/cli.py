@@ -116,7 +116,7 @@ def main() -> None:
               "(a damaged or hostile file); default 300, 0 = no limit [env DOCQA_FILE_TIMEOUT].")
 @click.option("--delete", "delete", is_flag=True, help="Remove these documents from the store instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (they are shown only on a terminal).")
 @friendly
 def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Add PDF, text and markdown files (directories recursively) to archival memory.
@@ -139,7 +139,9 @@ def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **
 
     def notice(message: str) -> None:
         tqdm.write(message, file=sys.stderr)  # keeps the progress bars intact
-    report = Ingestor(store, progress=not (quiet or as_json), notice=notice).run(paths)
+    # Bars redraw in place with cursor moves: in a log file or a pipe they are only noise.
+    progress = not (quiet or as_json) and sys.stderr.isatty()
+    report = Ingestor(store, progress=progress, notice=notice).run(paths)
     if as_json:
         emit_json(report.to_json())
     else:
