@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,52 +11,8 @@ from typing import Any
 import click
 
 from docqa import settings as settings_module
+from docqa.cli_shared import UserError, friendly, llm_options, with_options
 from docqa.settings import Settings
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 1."""
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from docqa.embeddings import EmbeddingError
-    from docqa.store import StoreError
-
-    errors: list[type[Exception]] = [UserError, StoreError, EmbeddingError]
-    try:
-        from docqa.llm import LLMError
-
-        errors.append(LLMError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors into one clear line on stderr instead of a traceback (DOCQA_DEBUG=1 shows it)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except click.exceptions.Exit:
-            raise
-        except click.ClickException:
-            raise
-        except KeyboardInterrupt:
-            click.echo("docqa: interrupted; nothing half-written was kept", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            if os.environ.get("DOCQA_DEBUG"):
-                raise
-            if isinstance(exc, _user_errors()):
-                click.echo(f"docqa: error: {exc}", err=True)
-            else:
-                click.echo(f"docqa: unexpected error: {type(exc).__name__}: {exc} "
-                           "(set DOCQA_DEBUG=1 for a traceback and please report it)", err=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,9 +29,7 @@ def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="torch: the model itself; static: a model2vec model distilled from it, much faster, "
                      "less accurate [env DOCQA_EMBEDDING_BACKEND]."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def build_settings(**flags: Any) -> Settings:
@@ -121,7 +73,8 @@ def main() -> None:
 def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Add PDF, text and markdown files (directories recursively) to archival memory.
 
-    Re-ingesting an unchanged file adds nothing; a changed file replaces its old chunks. Exit code 0 when
+    Re-ingesting an unchanged file with the same --chunk-tokens, --overlap and embedding model adds nothing;
+    a changed file, or other settings, replaces its old chunks. Exit code 0 when
     every file went in, 1 when any failed (the others are still stored), 2 for usage errors.
     """
     if delete:
@@ -211,26 +164,6 @@ def search(query: str, page: int, page_size: int | None, mode: str, as_json: boo
         click.echo(result.format())
 
 
-def llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Options that say which OpenAI-compatible LLM to talk to."""
-    options = [
-        click.option("--model", help="Chat model name [env DOCQA_MODEL]."),
-        click.option("--base-url", help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 for vLLM, "
-                     "http://localhost:11434/v1 for Ollama [env OPENAI_BASE_URL; default OpenAI]."),
-        click.option("--api-key", help="API key [env OPENAI_API_KEY; a local --base-url needs none]."),
-        click.option("--llm-mode", type=click.Choice(["auto", "tools", "json"]),
-                     help="tools: native tool calling; json: the model writes function calls as JSON; "
-                     "auto: tools, switching to json if the server rejects tools [env DOCQA_LLM_MODE]."),
-        click.option("--context-window", type=click.IntRange(min=512),
-                     help="The model's context window in tokens [env DOCQA_CONTEXT_WINDOW; default 8192]."),
-        click.option("--max-steps", type=click.IntRange(min=1), help="LLM calls allowed per question (default 20)."),
-        click.option("--llm-timeout", type=float, help="Seconds to wait for one LLM reply (default 120)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
 NO_LLM_HELP = ("no LLM configured. Set DOCQA_MODEL and OPENAI_API_KEY (OpenAI), or DOCQA_MODEL and "
                "OPENAI_BASE_URL for a local OpenAI-compatible server (vLLM, Ollama, llama.cpp), or pass "
                "--model/--base-url. Showing the top archival search results instead.")
@@ -271,7 +204,7 @@ def format_answer(result: Any) -> str:
 @main.command()
 @click.argument("question")
 @store_options
-@llm_options
+@llm_options()
 @click.option("--session", help="Use (and update) the memory of this chat session.")
 @click.option("--trace", is_flag=True, help="Print each step: inner thoughts, function calls, results.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON result.")
@@ -322,7 +255,7 @@ def _sessions(config: Settings) -> Any:
 
 @main.command()
 @store_options
-@llm_options
+@llm_options()
 @click.option("--session", default="default", show_default=True, help="Conversation to continue (memory persists).")
 @click.option("--trace", is_flag=True, help="Print each step: inner thoughts, function calls, results.")
 @friendly

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -10,26 +9,8 @@ from typing import Any
 
 import click
 
-from docqa.bench.common import MODES, BenchError
-
-
-def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """docqa's one-line errors, no tracebacks: `docqa: error: ...` and exit code 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from docqa.cli import UserError, friendly  # here, not at import time: docqa.cli imports this module
-
-        def guarded(*a: Any, **k: Any) -> Any:
-            try:
-                return command(*a, **k)
-            except BenchError as exc:
-                raise UserError(str(exc)) from None
-
-        return friendly(guarded)(*args, **kwargs)
-
-    return wrapper
-
+from docqa.bench.common import MODES
+from docqa.cli_shared import friendly, llm_options, with_options
 
 MODE_HELP = ("agent: the docqa agent pages through archival memory; baseline: one fixed-context prompt; "
              "ceiling: no LLM, what the store itself permits.")
@@ -46,13 +27,19 @@ def _ints(text: str, name: str, low: int, high: int) -> list[int]:
     return values
 
 
-def llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+# docqa's LLM options that the bench needs, their help worded for its modes.
+_bench_llm_options = llm_options(["model", "base_url", "api_key", "max_steps"], reworded={
+    "model": "Chat model for --mode agent/baseline [env DOCQA_MODEL].",
+    "base_url": "OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 for a local server "
+                "[env OPENAI_BASE_URL; default OpenAI].",
+    "api_key": "API key [env OPENAI_API_KEY].",
+    "max_steps": "Agent LLM calls per question (default 20).",
+})
+
+
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """What every bench command takes: the LLM, the embedder and store, and how to print the result."""
     options = [
-        click.option("--model", help="Chat model for --mode agent/baseline [env DOCQA_MODEL]."),
-        click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 for a local "
-                     "server [env OPENAI_BASE_URL; default OpenAI]."),
-        click.option("--api-key", help="API key [env OPENAI_API_KEY]."),
-        click.option("--max-steps", type=click.IntRange(min=1), help="Agent LLM calls per question (default 20)."),
         click.option("--embedding-backend", type=click.Choice(["torch", "static"]),
                      help="Embedder for the bench store [env DOCQA_EMBEDDING_BACKEND; default torch]."),
         click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -61,9 +48,7 @@ def llm_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _bench_llm_options(with_options(command, options))
 
 
 def _settings(out: Path, store_dir: Path | None = None, **flags: Any) -> Any:
@@ -94,8 +79,8 @@ def bench() -> None:
               help="Output directory [default bench-out/nested-kv-<mode>].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The nested_kv data (140 pairs and orderings files) [default: the shipped data/nested_kv].")
-@llm_options
-@_friendly
+@run_options
+@friendly
 def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: Path | None, as_json: bool,
               quiet: bool, **flags: Any) -> None:
     """Nested key-value retrieval (the paper's Figure 7): 140 UUID pairs, one per archival passage.
@@ -104,13 +89,14 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
     same parent directory, e.g. other modes, are drawn too).
     """
     from docqa.bench import nested_kv as task
+    from docqa.bench.report import render_nested_kv
 
     out = out or Path("bench-out") / f"nested-kv-{mode}"
     config = task.Config(levels=_ints(levels, "--levels", 0, task.MAX_LEVEL), samples=samples, mode=mode, out=out,
                          data_dir=data_dir or task.DEFAULT_DATA_DIR, settings=_settings(out, **flags),
                          progress=not quiet)
     summary = task.run(config)
-    click.echo(json.dumps(summary, indent=2) if as_json else task.render(summary))
+    click.echo(json.dumps(summary, indent=2) if as_json else render_nested_kv(summary))
 
 
 @bench.command(name="doc-qa")
@@ -131,8 +117,8 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
               "same endpoint as --model.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default bench-out/doc-qa-<mode>].")
-@llm_options
-@_friendly
+@run_options
+@friendly
 def doc_qa(data: Path | None, questions: str, seed: int, mode: str, ks: str, context_window: int | None,
            prompt_style: str,
            judge_model: str | None, out: Path | None, as_json: bool, quiet: bool, **flags: Any) -> None:
@@ -142,6 +128,7 @@ def doc_qa(data: Path | None, questions: str, seed: int, mode: str, ks: str, con
     (baseline accuracy vs K, the agent as a level line, the retriever's recall@K; sibling runs too).
     """
     from docqa.bench import doc_qa as task
+    from docqa.bench.report import render_doc_qa
 
     if questions.strip().lower() == "all":
         count = None
@@ -158,4 +145,4 @@ def doc_qa(data: Path | None, questions: str, seed: int, mode: str, ks: str, con
                          ks=_ints(ks, "--k", 1, settings.search_depth), out=out, settings=settings,
                          judge_model=judge_model, prompt_style=prompt_style, progress=not quiet)
     summary = task.run(config)
-    click.echo(json.dumps(summary, indent=2) if as_json else task.render(summary))
+    click.echo(json.dumps(summary, indent=2) if as_json else render_doc_qa(summary))

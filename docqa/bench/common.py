@@ -1,5 +1,5 @@
-"""What both evaluations share: the resumable results log, an embedding cache, scoring, the LLM client,
-tables and figures."""
+"""What both evaluations share: the resumable results log, an embedding cache, scoring and the LLM client
+(their tables and figures are in report.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import os
 import re
 import string
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -299,95 +298,3 @@ def use_persona(agent: Any, persona: str, human: str) -> None:
 
 def count_searches(steps: list[dict[str, Any]]) -> int:
     return sum(1 for s in steps if s.get("function") == "archival_memory_search")
-
-
-# -- tables and figures -----------------------------------------------------------------------------
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def mean(values: Iterable[float | int | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return round(sum(present) / len(present), 4) if present else None
-
-
-def rounded(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-@dataclass
-class Series:
-    """One line of a figure; `horizontal` draws y[0] across the whole x range (a K-independent result)."""
-
-    label: str
-    x: list[float]
-    y: list[float]
-    style: str = "-o"
-    horizontal: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def save_figure(path: Path, series: Sequence[Series], *, title: str, xlabel: str, ylabel: str,
-                logx: bool = False, xticks: Sequence[float] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed, safe in CI and over SSH
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for line in series:
-        if line.horizontal:
-            axes.axhline(100 * line.y[0], linestyle="--", label=line.label, **line.extra)
-        else:
-            axes.plot(line.x, [100 * v for v in line.y], line.style, label=line.label, markersize=4, **line.extra)
-    if logx:
-        axes.set_xscale("log")
-    if xticks is not None:
-        axes.set_xticks(list(xticks))
-        axes.set_xticklabels([f"{t:g}" for t in xticks])
-        axes.minorticks_off()
-    axes.set_ylim(-3, 103)
-    axes.set_title(title)
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def sibling_summaries(out: Path, bench: str, accept: Callable[[dict[str, Any]], bool] = lambda s: True
-                      ) -> list[dict[str, Any]]:
-    """summary.json files of the same benchmark in sibling output directories (other modes and models),
-    so one figure compares them all, as the paper's figures do."""
-    found: list[dict[str, Any]] = []
-    if not out.parent.is_dir():
-        return found
-    for path in sorted(out.parent.glob("*/summary.json")):
-        if path.parent.resolve() == out.resolve():
-            continue
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(summary, dict) and summary.get("bench") == bench and accept(summary):
-            found.append(summary)
-    return found
-
-
-def series_label(summary: dict[str, Any]) -> str:
-    mode = summary.get("mode", "?")
-    model = summary.get("model")
-    names = {"agent": "docqa agent", "baseline": "fixed context", "ceiling": "ceiling (no LLM)"}
-    return f"{names.get(mode, mode)} + {model}" if model else names.get(mode, mode)

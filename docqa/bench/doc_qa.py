@@ -24,28 +24,21 @@ from docqa.bench.common import (
     CachedEmbedder,
     FailureGuard,
     ResultsLog,
-    Series,
     best_subspan_em,
     brief_steps,
     chunk_texts,
     count_searches,
     embedding_fingerprint,
     estimate_tokens,
-    format_table,
     make_client,
-    mean,
-    percent,
     prune,
-    rounded,
-    save_figure,
     score,
-    series_label,
-    sibling_summaries,
     truncate_tokens,
     usage_fields,
     use_persona,
     write_json,
 )
+from docqa.bench.report import plot_doc_qa, summarize_doc_qa
 from docqa.settings import Settings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "nq_open" / "nq-open-oracle.jsonl.gz"
@@ -311,9 +304,9 @@ def run(config: Config) -> dict[str, Any]:
         for row in rows:  # a later --judge-model decides what earlier runs left undecided
             if score(row, answers[row["qid"]], judge_client, config.judge_model):
                 log.append(row)
-    summary = summarize(rows, config, dataset, model, collection)
+    summary = summarize_doc_qa(rows, config, dataset, model, collection)
     write_json(config.out / "summary.json", summary)
-    plot(config.out, summary)
+    plot_doc_qa(config.out, summary)
     return summary
 
 
@@ -360,109 +353,3 @@ def _agent(store: Any, question: Question, settings: Settings, client: Any) -> d
             "gold_seen": any(passage_file(g) in shown for g in question.gold),
             **usage_fields(result.prompt_tokens, result.completion_tokens, result.llm_calls),
             "trace": brief_steps(result.steps)}
-
-
-# -- summary, table, figure -------------------------------------------------------------------------
-def _accuracy(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    n = len(rows)
-    return {"n": n, "correct": sum(1 for r in rows if r.get("correct")),
-            "accuracy": sum(1 for r in rows if r.get("correct")) / n if n else None,
-            "em_accuracy": sum(1 for r in rows if r.get("em")) / n if n else None,
-            "judged": sum(1 for r in rows if r.get("judged_by") == "llm"),
-            "undecided": sum(1 for r in rows if r.get("status") != "error" and r.get("judged_by") is None),
-            "errors": sum(1 for r in rows if r.get("status") == "error"),
-            "mean_tokens": mean(r.get("tokens") for r in rows), "mean_seconds": mean(r.get("seconds") for r in rows)}
-
-
-def summarize(rows: list[dict[str, Any]], config: Config, dataset: Dataset, model: str | None,
-              collection: str) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "bench": "doc-qa", "mode": config.mode, "model": model, "judge_model": config.judge_model,
-        "data": str(dataset.path), "data_fingerprint": dataset.fingerprint, "store": collection,
-        "corpus_passages": len(dataset.passages), "questions": len({r["qid"] for r in rows}), "seed": config.seed,
-        "context_window": config.settings.context_window, "prompt": config.prompt_style, "ks": config.ks,
-        "search_depth": config.settings.search_depth, "embedding_model": config.settings.embedding_model,
-        "results": str(config.out / "results.jsonl"), "figure": str(config.out / "accuracy.png"),
-    }
-    if config.mode == "ceiling":
-        scored = [r for r in rows if r["gold"]]
-        n = len(scored) or 1
-        for mode in ("hybrid", "dense"):
-            ranks = [r[f"rank_{mode}"] for r in scored]
-            summary[f"recall_{mode}"] = {str(k): sum(1 for x in ranks if x is not None and x <= k) / n
-                                         for k in range(1, config.settings.search_depth + 1)}
-            summary[f"recall_{mode}_all_pages"] = sum(1 for x in ranks if x is not None) / n
-        summary["questions_with_gold"] = len(scored)
-        summary["answer_in_context"] = {str(k): mean(float(r["answer_in_context"].get(str(k), False)) for r in rows)
-                                        for k in config.ks}
-    elif config.mode == "baseline":
-        summary["by_k"] = {}
-        for k in config.ks:
-            mine = [r for r in rows if r["k"] == k]
-            summary["by_k"][str(k)] = {**_accuracy(mine),
-                                       "gold_in_context": mean(float(r["gold_in_context"]) for r in mine),
-                                       "answer_in_context": mean(float(r["answer_in_context"]) for r in mine)}
-    else:
-        summary.update(_accuracy(rows))
-        summary.update(mean_searches=mean(r.get("searches") for r in rows),
-                       mean_llm_calls=mean(r.get("llm_calls") for r in rows),
-                       gold_seen=mean(float(r.get("gold_seen", False)) for r in rows),
-                       step_limit=sum(1 for r in rows if r.get("status") == "step_limit"))
-    return summary
-
-
-def render(summary: dict[str, Any]) -> str:
-    """The table printed at the end of a run."""
-    mode = summary["mode"]
-    head = (f"doc-qa, mode {mode}" + (f", model {summary['model']}" if summary["model"] else "")
-            + f": {summary['questions']} questions, corpus of {summary['corpus_passages']} passages")
-    if mode == "ceiling":
-        rows = [[k, percent(summary["recall_hybrid"].get(str(k))), percent(summary["recall_dense"].get(str(k))),
-                 percent(summary["answer_in_context"].get(str(k)))] for k in summary["ks"]]
-        rows.append(["all pages", percent(summary["recall_hybrid_all_pages"]),
-                     percent(summary["recall_dense_all_pages"]), ""])
-        table = format_table(["K", "recall@K hybrid", "recall@K dense", "answer in cut prompt@K"], rows)
-        note = (f"recall: gold passage among the top K passages; answer in cut prompt: an answer string survives "
-                f"the baseline's truncation to {summary['context_window']} tokens")
-    elif mode == "baseline":
-        rows = [[k, v["n"], percent(v["accuracy"]), percent(v["em_accuracy"]), percent(v["gold_in_context"]),
-                 percent(v["answer_in_context"]), rounded(v["mean_tokens"], 0), v["undecided"], v["errors"]]
-                for k, v in summary["by_k"].items()]
-        table = format_table(["K", "n", "accuracy", "string match", "gold retrieved", "answer in prompt",
-                              "tokens", "undecided", "errors"], rows)
-        note = "undecided: no string match and no --judge-model; counted wrong"
-    else:
-        table = format_table(
-            ["n", "accuracy", "string match", "gold seen", "searches", "llm calls", "tokens", "s/question",
-             "step limit", "undecided", "errors"],
-            [[summary["n"], percent(summary["accuracy"]), percent(summary["em_accuracy"]),
-              percent(summary["gold_seen"]), rounded(summary["mean_searches"]), rounded(summary["mean_llm_calls"]),
-              rounded(summary["mean_tokens"], 0), rounded(summary["mean_seconds"]), summary["step_limit"],
-              summary["undecided"], summary["errors"]]])
-        note = "gold seen: the gold passage was on a page the agent read; undecided: counted wrong"
-    return "\n".join([head, table, note, f"figure: {summary['figure']}"])
-
-
-def plot(out: Path, summary: dict[str, Any]) -> None:
-    """Accuracy vs K like the paper's Figure 5: baselines as curves, the agent as a level line, and the
-    retriever's recall@K; sibling runs on the same corpus and store are drawn too."""
-    same = [s for s in sibling_summaries(out, "doc-qa") if s.get("store") == summary["store"]]
-    series: list[Series] = []
-    for item in [summary, *same]:
-        label = series_label(item)
-        if item["mode"] == "ceiling":
-            for mode, style in (("hybrid", "-"), ("dense", "--")):
-                recall = item[f"recall_{mode}"]
-                series.append(Series(f"retriever recall@K ({mode})", [int(k) for k in recall], list(recall.values()),
-                                     style))
-            cut = item["answer_in_context"]
-            series.append(Series(f"answer survives truncation ({item['context_window']} tokens)",
-                                 [int(k) for k in cut], list(cut.values()), ":s"))
-        elif item["mode"] == "baseline":
-            points = [(int(k), v["accuracy"]) for k, v in item["by_k"].items() if v["accuracy"] is not None]
-            series.append(Series(label, [p[0] for p in points], [p[1] for p in points]))
-        elif item.get("accuracy") is not None:
-            series.append(Series(label, [1], [item["accuracy"]], horizontal=True))
-    ks = sorted({int(k) for item in [summary, *same] for k in item.get("ks", [])})
-    save_figure(out / "accuracy.png", series, title="Document QA (NaturalQuestions-Open)",
-                xlabel="documents retrieved (K)", ylabel="accuracy / recall (%)", logx=True, xticks=ks or None)

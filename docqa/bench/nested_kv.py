@@ -26,24 +26,17 @@ from docqa.bench.common import (
     CachedEmbedder,
     FailureGuard,
     ResultsLog,
-    Series,
     brief_steps,
     chunk_texts,
     count_searches,
     embedding_fingerprint,
-    format_table,
     make_client,
-    mean,
-    percent,
     prune,
-    rounded,
-    save_figure,
-    series_label,
-    sibling_summaries,
     usage_fields,
     use_persona,
     write_json,
 )
+from docqa.bench.report import plot_nested_kv, summarize_nested_kv
 from docqa.settings import Settings
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "nested_kv"
@@ -330,9 +323,9 @@ def run(config: Config) -> dict[str, Any]:
             if config.mode != "ceiling":
                 guard.record(outcome.status, outcome.error)
             bar.update(1)
-    summary = summarize(log.select(keys), config, model)
+    summary = summarize_nested_kv(log.select(keys), config, model)
     write_json(config.out / "summary.json", summary)
-    plot(config.out, summary)
+    plot_nested_kv(config.out, summary)
     return summary
 
 
@@ -353,62 +346,3 @@ def _row(mode: str, model: str | None, sample: Sample, outcome: Outcome, seconds
     }
     row.update(outcome.extra)
     return row
-
-
-def summarize(rows: list[dict[str, Any]], config: Config, model: str | None) -> dict[str, Any]:
-    levels: dict[str, Any] = {}
-    for level in config.levels:
-        mine = [r for r in rows if r["level"] == level]
-        correct = sum(1 for r in mine if r["correct"])
-        uses_llm = config.mode != "ceiling"
-        levels[str(level)] = {
-            "lookups": level + 1, "n": len(mine), "correct": correct,
-            "accuracy": correct / len(mine) if mine else None,
-            "errors": sum(1 for r in mine if r["status"] == "error"),
-            "mean_searches": mean(r["searches"] for r in mine) if config.mode != "baseline" else None,
-            "mean_searches_stop_rule": mean(r.get("searches_stop_rule") for r in mine),
-            "mean_llm_calls": mean(r["llm_calls"] for r in mine) if uses_llm else None,
-            "mean_tokens": mean(r["tokens"] for r in mine) if uses_llm else None,
-            "mean_seconds": mean(r["seconds"] for r in mine),
-        }
-    total = sum(v["n"] for v in levels.values())
-    return {
-        "bench": "nested-kv", "mode": config.mode, "model": model, "samples_per_level": config.samples,
-        "page_size": config.settings.page_size, "search_depth": config.settings.search_depth,
-        "embedding_model": config.settings.embedding_model, "levels": levels,
-        "accuracy": (sum(v["correct"] for v in levels.values()) / total) if total else None,
-        "results": str(config.out / "results.jsonl"), "figure": str(config.out / "accuracy.png"),
-    }
-
-
-def render(summary: dict[str, Any]) -> str:
-    """The table printed at the end of a run."""
-    rows = []
-    for level, v in summary["levels"].items():
-        rows.append([level, v["lookups"], f"{v['correct']}/{v['n']}", percent(v["accuracy"]),
-                     rounded(v["mean_searches"]), rounded(v["mean_searches_stop_rule"]),
-                     rounded(v["mean_llm_calls"]), rounded(v["mean_tokens"], 0), rounded(v["mean_seconds"], 2),
-                     v["errors"] or ""])
-    head = f"nested-kv, mode {summary['mode']}" + (f", model {summary['model']}" if summary["model"] else "")
-    table = format_table(["level", "lookups", "correct", "accuracy", "searches", "searches*", "llm calls",
-                          "tokens", "s/sample", "errors"], rows)
-    notes = [f"accuracy overall: {percent(summary['accuracy'])}; figure: {summary['figure']}"]
-    if summary["mode"] == "ceiling":
-        notes.append("searches: pages read, including every page of the final search to prove the last value "
-                     "is no key; searches*: what the paper's stopping rule needs (stop when a page shows the "
-                     "value only as a value)")
-    return "\n".join([head, table, *notes])
-
-
-def plot(out: Path, summary: dict[str, Any]) -> None:
-    """Accuracy vs nesting level for this run and any sibling runs (other modes or models), as Figure 7."""
-    series = []
-    for item in [summary, *sibling_summaries(out, "nested-kv")]:
-        points = [(int(level), v["accuracy"]) for level, v in item.get("levels", {}).items()
-                  if v.get("accuracy") is not None]
-        if points:
-            points.sort()
-            series.append(Series(series_label(item), [p[0] for p in points], [p[1] for p in points]))
-    levels = sorted({x for s in series for x in s.x}) or [0]
-    save_figure(out / "accuracy.png", series, title="Nested key-value retrieval (140 UUID pairs)",
-                xlabel="nesting level (lookups - 1)", ylabel="accuracy (%)", xticks=levels)

@@ -1,0 +1,111 @@
+"""What `docqa` and `docqa bench` share: one-line errors instead of tracebacks, and the LLM options.
+
+A module of its own because docqa.cli registers docqa.bench.cli: the bench commands cannot import the
+decorators from docqa.cli while it is still being imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import click
+
+Command = Callable[..., Any]
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 1."""
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from docqa.bench.common import BenchError
+    from docqa.embeddings import EmbeddingError
+    from docqa.store import StoreError
+
+    errors: list[type[Exception]] = [UserError, StoreError, EmbeddingError, BenchError]
+    try:
+        from docqa.llm import LLMError
+
+        errors.append(LLMError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def friendly(command: Command) -> Command:
+    """Turn errors into one clear line on stderr instead of a traceback (DOCQA_DEBUG=1 shows it)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            click.echo("docqa: interrupted; nothing half-written was kept", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if os.environ.get("DOCQA_DEBUG"):
+                raise
+            if isinstance(exc, _user_errors()):
+                click.echo(f"docqa: error: {exc}", err=True)
+            else:
+                click.echo(f"docqa: unexpected error: {type(exc).__name__}: {exc} "
+                           "(set DOCQA_DEBUG=1 for a traceback and please report it)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def with_options(command: Command, options: Iterable[Callable[[Command], Command]]) -> Command:
+    """Apply click options so that --help lists them in the order given."""
+    for option in reversed(list(options)):
+        command = option(command)
+    return command
+
+
+# Each LLM option once: (flag, click.option keywords). Commands pick some and may word the help for
+# their own use (the bench's --model only serves --mode agent/baseline).
+LLM_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "model": ("--model", dict(help="Chat model name [env DOCQA_MODEL].")),
+    "base_url": ("--base-url", dict(
+        help="OpenAI-compatible API base URL, e.g. http://localhost:8000/v1 for vLLM, "
+        "http://localhost:11434/v1 for Ollama [env OPENAI_BASE_URL; default OpenAI].")),
+    "api_key": ("--api-key", dict(help="API key [env OPENAI_API_KEY; a local --base-url needs none].")),
+    "llm_mode": ("--llm-mode", dict(
+        type=click.Choice(["auto", "tools", "json"]),
+        help="tools: native tool calling; json: the model writes function calls as JSON; "
+        "auto: tools, switching to json if the server rejects tools [env DOCQA_LLM_MODE].")),
+    "context_window": ("--context-window", dict(
+        type=click.IntRange(min=512),
+        help="The model's context window in tokens [env DOCQA_CONTEXT_WINDOW; default 8192].")),
+    "max_steps": ("--max-steps", dict(type=click.IntRange(min=1), help="LLM calls allowed per question (default 20).")),
+    "llm_timeout": ("--llm-timeout", dict(type=float, help="Seconds to wait for one LLM reply (default 120).")),
+}
+
+
+def llm_options(names: Iterable[str] = tuple(LLM_OPTIONS),
+                reworded: Mapping[str, str] | None = None) -> Callable[[Command], Command]:
+    """A decorator adding the options that say which OpenAI-compatible LLM to talk to.
+
+    `names` picks options of LLM_OPTIONS, listed in that order; `reworded` gives some a command's own help.
+    """
+    chosen, reworded = list(names), dict(reworded or {})
+    unknown = (set(chosen) - set(LLM_OPTIONS)) | (set(reworded) - set(chosen))
+    if unknown:
+        raise ValueError(f"not LLM options of this command: {sorted(unknown)}")
+
+    def option(name: str) -> Callable[[Command], Command]:
+        flag, keywords = LLM_OPTIONS[name]
+        if name in reworded:
+            keywords = {**keywords, "help": reworded[name]}
+        return click.option(flag, **keywords)
+
+    options = [option(name) for name in chosen]
+    return lambda command: with_options(command, options)
