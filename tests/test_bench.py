@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 from docqa.bench.cli import bench
 from docqa.settings import resolve
 from docqa.store import ArchivalStore
-from tests.fake_llm import FakeLLMServer, last_tool_results, text_response, tool_call_response, wants_function_call
+from tests.fake_llm import (FakeLLMServer, json_mode_response, last_tool_results, text_response, tool_call_response,
+                            wants_function_call)
 from tests.kv_policy import previous_searches
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -157,6 +158,27 @@ def test_nested_kv_agent_with_a_competent_policy_is_perfect_and_resumes(tmp_path
         assert again.exit_code == 0, again.output
         assert policy.calls == calls and len(rows(out)) == 8  # nothing re-run
         assert "100.0%" in again.stdout
+
+
+def test_nested_kv_agent_runs_in_json_mode_for_servers_without_tools(tmp_path: Path, kv_store: Path) -> None:
+    """--llm-mode json reaches the agent: no request offers native tools, calls come back as JSON text."""
+    offered_tools = []
+
+    def policy(body: dict[str, Any]) -> dict[str, Any]:
+        offered_tools.append("tools" in body)
+        reply = kv_agent_policy(body)
+        calls = reply["choices"][0]["message"].get("tool_calls")
+        if not calls:
+            return reply
+        call = calls[0]["function"]
+        return json_mode_response(call["name"], json.loads(call["arguments"]))
+
+    with FakeLLMServer(policy) as server:
+        summary = run_json("nested-kv", "--mode", "agent", "--levels", "1", "--samples", 2, "--out", tmp_path,
+                           "--store", kv_store, "--model", "fake", "--base-url", server.base_url, "--api-key", "x",
+                           "--llm-mode", "json")
+    assert summary["accuracy"] == 1.0
+    assert offered_tools and not any(offered_tools)
 
 
 def test_notes_an_agent_inserts_never_reach_the_next_sample(tmp_path: Path, kv_store: Path) -> None:
