@@ -1,18 +1,23 @@
-"""Shared helpers for the benchmarks: machine info, result files, the benchmark corpora, percentiles."""
+"""Shared helpers for the benchmarks: machine info, result files, plots, the benchmark corpora, percentiles."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,6 +79,30 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return path
+
+
+@contextlib.contextmanager
+def plot_to(path: Path, title: str, xlabel: str, ylabel: str, legend_loc: str = "best") -> Iterator[Axes]:
+    """Axes to draw one benchmark's plot on; on leaving the block it gets its labels, legend and grid
+    and is written to path as a PNG (nothing is written if the block raises)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: benchmarks run headless (CI, ssh)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=7, loc=legend_loc)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        print(f"wrote {path}")
+    finally:
+        plt.close(fig)
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:

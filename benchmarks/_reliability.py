@@ -7,11 +7,14 @@
   Chroma client and can be SIGKILLed;
 - `inspect_store`, which checks a store from the outside: catalog against Chroma, every chunk of every
   committed file present exactly once, and search finding every file;
-- `record`, which merges one section into benchmarks/results/reliability.json.
+- `record`, which merges one section into benchmarks/results/reliability.json;
+- `parse_args`, `start` and `finish`: the options, set-up and ending crash_test.py and
+  concurrency_test.py share.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -412,6 +415,36 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
             "documents": len(documents), "chunks": len(current), "found": found, "vectors_unreadable": False}
 
 
+# -- command line -----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None, description: str, quick_help: str, repeat: tuple[str, str],
+               launcher_help: str | None = None, workdir_help: str | None = None) -> argparse.Namespace:
+    """The options of crash_test.py and concurrency_test.py; `repeat` is the (flag, help) of the run count."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(repeat[0], type=int, help=repeat[1])
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--launcher", choices=["cli", "fork"], help=launcher_help)
+    parser.add_argument("--workdir", type=Path, help=workdir_help)
+    parser.add_argument("--no-record", action="store_true", help="do not write reliability.json")
+    parser.add_argument("--summary", type=Path, help="also write the results as JSON to this file")
+    return parser.parse_args(argv)
+
+
+def start(args: argparse.Namespace, prefix: str) -> tuple[str, Path, float]:
+    """The launcher, work directory (with logs/) and start time of a run, the embedding model loaded.
+
+    DOCQA_* variables are dropped so the user's settings cannot change what the runs do.
+    """
+    launcher = args.launcher or ("fork" if args.quick else "cli")
+    for var in [v for v in os.environ if v.startswith("DOCQA_")]:
+        del os.environ[var]
+    started = time.monotonic()
+    load_model()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    return launcher, work, started
+
+
 # -- results ----------------------------------------------------------------------------------------
 def record(section: str, payload: dict[str, Any]) -> Path:
     """Merge one section into benchmarks/results/reliability.json and refresh its summary."""
@@ -435,6 +468,15 @@ def record(section: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def finish(section: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
+    """Record the payload (unless --no-record) and write --summary; the exit code, 1 if anything failed."""
+    if not args.no_record:
+        print(f"wrote {record(section, payload)}")
+    if args.summary:
+        args.summary.write_text(json.dumps(payload, indent=2))
+    return 1 if payload["failures"] else 0
 
 
 def rng_for(seed: int, trial: int) -> random.Random:

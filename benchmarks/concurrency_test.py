@@ -19,14 +19,12 @@ Chroma in step (benchmarks/_reliability.inspect_store).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,11 +38,12 @@ from benchmarks._reliability import (  # noqa: E402
     _fork,
     build_corpus,
     committed_chunks,
+    finish,
     in_child,
     inspect_store,
-    load_model,
+    parse_args,
     read_catalog,
-    record,
+    start,
 )
 
 RUN_TIMEOUT = 1800.0
@@ -195,23 +194,10 @@ def readers_during_ingest(corpus: Corpus, reference: dict[str, Any], work: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 round on a small corpus, forked runs (CI)")
-    parser.add_argument("--rounds", type=int, help="rounds of all scenarios (default 3, or 1 with --quick)")
-    parser.add_argument("--seed", type=int, default=6)
-    parser.add_argument("--launcher", choices=["cli", "fork"])
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--no-record", action="store_true", help="do not write reliability.json")
-    parser.add_argument("--summary", type=Path, help="also write the results as JSON to this file")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, __doc__.split("\n\n")[0], "1 round on a small corpus, forked runs (CI)",
+                      ("--rounds", "rounds of all scenarios (default 3, or 1 with --quick)"))
     rounds = args.rounds or (1 if args.quick else 3)
-    launcher = args.launcher or ("fork" if args.quick else "cli")
-    for var in [v for v in os.environ if v.startswith("DOCQA_")]:
-        del os.environ[var]
-    started = time.monotonic()
-    load_model()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="docqa-concurrency-"))
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    launcher, work, started = start(args, "docqa-concurrency-")
     outcomes: list[dict[str, Any]] = []
     try:
         corpus = build_corpus(work / "corpus", args.quick)
@@ -260,11 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(outcomes)} scenarios, {payload['short_lived_reads']} reader processes and "
           f"{payload['long_lived_searches']} long-lived searches during ingests, lost {payload['chunks_lost']}, "
           f"duplicated {payload['chunks_duplicated']}, {len(failures)} failed; {payload['seconds']} s", flush=True)
-    if not args.no_record:
-        print(f"wrote {record('concurrency', payload)}")
-    if args.summary:
-        args.summary.write_text(json.dumps(payload, indent=2))
-    return 1 if failures else 0
+    return finish("concurrency", payload, args)
 
 
 if __name__ == "__main__":

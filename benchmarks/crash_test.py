@@ -20,12 +20,9 @@ Results go to benchmarks/results/reliability.json (section "crash"); exit code 1
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,12 +35,13 @@ from benchmarks._reliability import (  # noqa: E402
     Run,
     build_corpus,
     committed_chunks,
+    finish,
     in_child,
     inspect_store,
-    load_model,
+    parse_args,
     progress,
-    record,
     rng_for,
+    start,
 )
 
 RUN_TIMEOUT = 1800.0
@@ -145,24 +143,12 @@ def run_trial(trial: int, seed: int, corpus: Corpus, references: list[dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 trials on a small corpus, forked runs (CI)")
-    parser.add_argument("--trials", type=int, help="number of trials (default 24, or 3 with --quick)")
-    parser.add_argument("--seed", type=int, default=6)
-    parser.add_argument("--launcher", choices=["cli", "fork"],
-                        help="cli: the installed docqa script (default); fork: a fork of this process")
-    parser.add_argument("--workdir", type=Path, help="keep stores and logs here (default: a temp dir, removed)")
-    parser.add_argument("--no-record", action="store_true", help="do not write reliability.json")
-    parser.add_argument("--summary", type=Path, help="also write the results as JSON to this file")
-    args = parser.parse_args(argv)
+    args = parse_args(argv, __doc__.split("\n\n")[0], "3 trials on a small corpus, forked runs (CI)",
+                      ("--trials", "number of trials (default 24, or 3 with --quick)"),
+                      launcher_help="cli: the installed docqa script (default); fork: a fork of this process",
+                      workdir_help="keep stores and logs here (default: a temp dir, removed)")
     trials = args.trials or (3 if args.quick else 24)
-    launcher = args.launcher or ("fork" if args.quick else "cli")
-    for var in [v for v in os.environ if v.startswith("DOCQA_")]:
-        del os.environ[var]
-    started = time.monotonic()
-    load_model()
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="docqa-crash-"))
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    launcher, work, started = start(args, "docqa-crash-")
     try:
         # Older versions of the files, ingested, for the trials that start from them.
         old_store = None if args.quick else work / "old"
@@ -226,11 +212,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{payload['kills_that_left_chroma_unloadable']} left Chroma unloadable), "
           f"{payload['chunks_checked']} chunks checked, lost {payload['chunks_lost']}, duplicated "
           f"{payload['chunks_duplicated']}, {len(failures)} failed trials; {payload['seconds']} s", flush=True)
-    if not args.no_record:
-        print(f"wrote {record('crash', payload)}")
-    if args.summary:
-        args.summary.write_text(json.dumps(payload, indent=2))
-    return 1 if failures else 0
+    return finish("crash", payload, args)
 
 
 if __name__ == "__main__":

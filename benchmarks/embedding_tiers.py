@@ -42,6 +42,7 @@ from _common import (  # noqa: E402
     nq_questions,
     passage_text,
     percentiles,
+    plot_to,
     write_result,
 )
 
@@ -122,28 +123,17 @@ def ingest_pdf(pdf: Path, store_dir: Path, backend: str, embedder: Any) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     nq = results["nq_oracle"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mode, colour in (("hybrid", "C0"), ("dense", "C1")):
-        ys = [nq[f"static_{mode}_rerank{d}"]["recall@10"] for d in DEPTHS]
-        ax.plot(DEPTHS, ys, "o-", color=colour, label=f"static {mode} + MiniLM re-rank")
-        ax.axhline(nq[f"torch_{mode}"]["recall@10"], color=colour, linestyle="--", linewidth=1,
-                   label=f"MiniLM {mode}")
-    ax.axhline(nq["torch_hybrid"]["recall@10"] - TARGET_RECALL_GAP, color="red", linestyle=":", linewidth=0.8,
-               label="target (MiniLM hybrid - 2 points)")
-    ax.set_xlabel("re-rank depth (top results re-scored by MiniLM at query time)")
-    ax.set_ylabel("recall@10, NQ-oracle")
-    ax.set_title("Static tier: recall@10 against re-rank depth")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    with plot_to(path, "Static tier: recall@10 against re-rank depth",
+                 "re-rank depth (top results re-scored by MiniLM at query time)", "recall@10, NQ-oracle",
+                 legend_loc="lower right") as ax:
+        for mode, colour in (("hybrid", "C0"), ("dense", "C1")):
+            ys = [nq[f"static_{mode}_rerank{d}"]["recall@10"] for d in DEPTHS]
+            ax.plot(DEPTHS, ys, "o-", color=colour, label=f"static {mode} + MiniLM re-rank")
+            ax.axhline(nq[f"torch_{mode}"]["recall@10"], color=colour, linestyle="--", linewidth=1,
+                       label=f"MiniLM {mode}")
+        ax.axhline(nq["torch_hybrid"]["recall@10"] - TARGET_RECALL_GAP, color="red", linestyle=":", linewidth=0.8,
+                   label="target (MiniLM hybrid - 2 points)")
 
 
 def main(argv: list[str] | None = None) -> int:

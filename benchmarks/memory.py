@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, machine, write_result  # noqa: E402
+from _common import ROOT, machine, plot_to, write_result  # noqa: E402
 
 TARGET_PEAK_MB = 2048
 GROWTH_TOLERANCE_MB = 50  # between the shortest and the longest document
@@ -84,24 +84,12 @@ def ingest_with_rss(pdf: Path, store: Path, backend: str) -> dict:
 
 
 def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for run in runs:
-        xs = [t / max(run["seconds"], 1e-9) for t, _ in run["samples"]]
-        ax.plot(xs, [mb for _, mb in run["samples"]], label=f"{run['backend']}, {run['pages']} pages "
-                f"(peak {run['peak_rss_mb']:.0f} MB)", linewidth=1)
-    ax.set_xlabel("fraction of the ingest's duration")
-    ax.set_ylabel("resident set size (MB)")
-    ax.set_title("docqa ingest memory against document length")
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    with plot_to(path, "docqa ingest memory against document length", "fraction of the ingest's duration",
+                 "resident set size (MB)") as ax:
+        for run in runs:
+            xs = [t / max(run["seconds"], 1e-9) for t, _ in run["samples"]]
+            ax.plot(xs, [mb for _, mb in run["samples"]], label=f"{run['backend']}, {run['pages']} pages "
+                    f"(peak {run['peak_rss_mb']:.0f} MB)", linewidth=1)
 
 
 def main(argv: list[str] | None = None) -> int:

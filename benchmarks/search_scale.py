@@ -35,7 +35,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Timer, dir_size, machine, nq_questions, passage_text, percentiles, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    Timer,
+    dir_size,
+    machine,
+    nq_questions,
+    passage_text,
+    percentiles,
+    plot_to,
+    write_result,
+)
 
 TARGET_P50_MS = 25.0
 TARGET_PAGE10_RATIO = 2.0
@@ -190,28 +199,16 @@ def run_size(n: int, questions: list[str], n_queries: int, embedder, workdir: Pa
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = [r["chunks"] for r in results]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, style in (("hybrid_page0", "o-"), ("hybrid_page10", "o--"), ("dense_page0", "s-"),
-                         ("dense_page10", "s--"), ("lexical_page0", "^-")):
-        ax.plot(sizes, [r["latency"][label]["p50_ms"] for r in results], style, label=f"{label} p50")
-    ax.plot(sizes, [r["latency"]["hybrid_page0"]["p95_ms"] for r in results], "o:", color="grey",
-            label="hybrid_page0 p95")
-    ax.axhline(TARGET_P50_MS, color="red", linewidth=0.8, linestyle=":", label="target hybrid p50")
-    ax.set_xscale("log")
-    ax.set_xlabel("chunks in store")
-    ax.set_ylabel("latency per search (ms, cold)")
-    ax.set_title("docqa archival_memory_search latency")
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    with plot_to(path, "docqa archival_memory_search latency", "chunks in store",
+                 "latency per search (ms, cold)") as ax:
+        for label, style in (("hybrid_page0", "o-"), ("hybrid_page10", "o--"), ("dense_page0", "s-"),
+                             ("dense_page10", "s--"), ("lexical_page0", "^-")):
+            ax.plot(sizes, [r["latency"][label]["p50_ms"] for r in results], style, label=f"{label} p50")
+        ax.plot(sizes, [r["latency"]["hybrid_page0"]["p95_ms"] for r in results], "o:", color="grey",
+                label="hybrid_page0 p95")
+        ax.axhline(TARGET_P50_MS, color="red", linewidth=0.8, linestyle=":", label="target hybrid p50")
+        ax.set_xscale("log")
 
 
 def main(argv: list[str] | None = None) -> int:

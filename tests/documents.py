@@ -2,7 +2,8 @@
 
 Each function writes one file to the given path (creating parent directories) and returns it as a
 Path. No pytest here, so scripts and other test helpers can import it too. Output is deterministic:
-the same call writes the same file content (PDF creation dates are pinned).
+the same call writes the same file content (PDF creation dates are pinned). The one exception,
+`pdf_from_objects`, returns the bytes of a hand-written PDF (tests/hostile.py builds on it too).
 """
 
 from __future__ import annotations
@@ -158,6 +159,20 @@ def write_broken_xref_pdf(path: Path | str, text: str = "Text behind a broken xr
     return path
 
 
+def pdf_from_objects(objects: list[bytes], root: int = 1) -> bytes:
+    """A PDF file of these objects (object n is objects[n-1]) with a correct xref table."""
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref_at = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, root, xref_at)
+    return bytes(out)
+
+
 def write_cyclic_pages_pdf(path: Path | str) -> Path:
     """A hand-written PDF whose page tree loops: an intermediate /Pages node lists its own parent
     (the root /Pages) among its /Kids, next to one real page saying "Hello cycle".
@@ -178,16 +193,7 @@ def write_cyclic_pages_pdf(path: Path | str) -> Path:
         b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref_at = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref_at)
-    path.write_bytes(bytes(out))
+    path.write_bytes(pdf_from_objects(objects))
     return path
 
 
