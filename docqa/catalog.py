@@ -220,13 +220,18 @@ class Catalog:
 
     def lexical(self, query: str, limit: int) -> list[str]:
         """Ids of committed chunks matching any query term, best BM25 first (ties by id); thread-safe."""
+        return [chunk_id for chunk_id, _ in self.lexical_scores(query, limit)]
+
+    def lexical_scores(self, query: str, limit: int) -> list[tuple[str, float]]:
+        """(id, BM25 score) of committed chunks matching any query term, best (highest score) first, ties
+        by id; thread-safe. Hybrid search weighs each match by its score relative to the best one."""
         terms = query_terms(query)[:64]
         if not terms:
             return []
         with self._reader_lock:
             return self._lexical(terms, limit)
 
-    def _lexical(self, terms: list[str], limit: int) -> list[str]:
+    def _lexical(self, terms: list[str], limit: int) -> list[tuple[str, float]]:
         db = self._lexical_db
         match = _match(self._selective(terms))
         # BM25 over the FTS index alone, then the committed filter on the few best rows: joining every
@@ -243,7 +248,7 @@ class Catalog:
             # Complete when nothing is left unfetched, or when every unfetched row scores worse than the
             # last one kept (strictly: a tie could still win on id).
             if len(head) < fetch or (len(ranked) == limit and ranked[-1][0] < head[-1][1]):
-                return [chunk_id for _, chunk_id in ranked]
+                return [(chunk_id, -score) for score, chunk_id in ranked]  # bm25() is negative, lower is better
             fetch *= 4
 
     def _committed_rowids(self, rowids: list[int]) -> list[tuple[int, str]]:

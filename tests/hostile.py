@@ -17,10 +17,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from docqa.chunking import Chunk, chunk_pages
+from docqa.chunking import CHARS_PER_TOKEN, Chunk, chunk_pages
 from docqa.ingest import FileTimeout, time_limited
 from docqa.readers import ReadError, read_pages
-from tests.documents import real_text_paragraphs, write_multipage_pdf
+from tests.documents import pdf_from_objects, real_text_paragraphs, write_multipage_pdf
 
 CHUNK_TOKENS = 200
 OVERLAP = 40
@@ -111,20 +111,6 @@ def _base_pdf() -> bytes:
 
 
 # -- hand-written hostile PDFs ----------------------------------------------------------------------
-def pdf_from_objects(objects: list[bytes], root: int = 1) -> bytes:
-    """A PDF file of these objects (object n is objects[n-1]) with a correct xref table."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref_at = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, root, xref_at)
-    return bytes(out)
-
-
 def _stream(content: bytes, compress: bool = False) -> bytes:
     if compress:
         content = zlib.compress(content)
@@ -252,6 +238,7 @@ def check_outcome(outcome: Outcome) -> None:
         for n, chunk in enumerate(outcome.chunks):
             assert chunk.index == n
             assert 0 < chunk.tokens <= CHUNK_TOKENS
+            assert len(chunk.text) <= CHUNK_TOKENS * CHARS_PER_TOKEN, "a chunk too long for a search page"
             assert 1 <= chunk.page_start <= chunk.page_end
             assert chunk.text.strip(), "an empty chunk"
             chunk.text.encode("utf-8")  # no lone surrogates: the stores and the tokenizer take UTF-8 only

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docqa.chunking import chunk_pages
+from docqa.chunking import CHARS_PER_TOKEN, chunk_pages
 from docqa.readers import Page
 from docqa.settings import Settings
 from docqa.store import ArchivalStore
@@ -144,6 +144,28 @@ def test_a_huge_single_line(words: bool, tmp_path: Path, embedder: Any) -> None:
     if words:
         assert len(outcome.chunks) > size // 1500
         assert outcome.chunks[-1].text.split()[-1] in huge_line(size, words)[-200:]
+    else:  # one [UNK] token to the tokenizer, however long: cut by characters
+        assert len(outcome.chunks) >= size // (CHUNK_TOKENS * CHARS_PER_TOKEN)
+        assert "".join(chunk.text for chunk in outcome.chunks) == huge_line(size, words)
+
+
+def test_a_run_without_whitespace_comes_back_in_chunks_of_bounded_size(tmp_path: Path, embedder: Any) -> None:
+    run = huge_line(1 << 20, words=False)
+    doc = write_text(tmp_path / "run.txt", f"The zqxrunstart line.\n{run}\nThe zqxrunend line.")
+    result, report = invoke_json("ingest", doc, "--overlap", 0)
+    assert result.exit_code == 0, result.stderr
+    assert report["chunks_added"] >= len(run) // (200 * CHARS_PER_TOKEN)
+
+    limit = 200 * CHARS_PER_TOKEN  # the default --chunk-tokens
+    for word in ("zqxrunstart", "zqxrunend"):
+        hits = search_json(word, "--mode", "lexical")["results"]
+        assert word in hits[0]["text"] and len(hits[0]["text"]) <= limit
+    page = search_json("Zyx0Zyx0", "--page-size", 20)["results"]
+    assert len(page) == 20 and all(len(hit["text"]) <= limit for hit in page)
+    # Nothing of the run is lost: the chunks, in order, hold all of it.
+    store = ArchivalStore(Settings(store_dir=tmp_path / "store"), embedder=embedder)
+    texts = [text for _, text, *_ in store.catalog.committed_rows()]
+    assert "".join("".join(text.split()) for text in texts).count("Zyx0") == run.count("Zyx0")
 
 
 # -- real ingests -----------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from docqa.ingest import source_of
-from docqa.readers import read_pages
+from docqa.chunking import chunk_pages
+from docqa.ingest import file_hash, source_of
+from docqa.readers import Page, read_pages
 from tests.documents import (
     LATIN1_TEXT,
     real_text_paragraphs,
@@ -183,6 +184,55 @@ def test_changed_file_replaces_its_chunks(tmp_path: Path, embedder: Any) -> None
     assert not [text for text, _ in stored_chunks() if "marmalade" in text]
 
 
+def test_other_chunking_settings_re_ingest_and_the_same_ones_do_not(tmp_path: Path, embedder: Any) -> None:
+    files = small_corpus(tmp_path)
+    code, first, _ = ingest_json(tmp_path / "docs")
+    assert code == 0 and first["files_ingested"] == 3
+
+    code, small, _ = ingest_json(tmp_path / "docs", "--chunk-tokens", 60, "--overlap", 10)
+    assert code == 0 and (small["files_ingested"], small["files_unchanged"]) == (3, 0)
+    assert small["chunks_added"] > first["chunks_added"]
+    # Each file's old version is replaced, as when its text changes: only the new chunks are left.
+    chunks = stored_chunks()
+    assert small["chunks_total"] == small["chunks_added"] == len(chunks) == sum(listed().values())
+    assert max(embedder.count_tokens(text) for text, _ in chunks) <= 60
+    assert search_json("marmalade", "--mode", "lexical")["total"] == 1
+
+    code, same, _ = ingest_json(tmp_path / "docs", "--chunk-tokens", 60, "--overlap", 10)
+    assert code == 0 and (same["files_ingested"], same["files_unchanged"], same["chunks_added"]) == (0, 3, 0)
+    assert same["chunks_total"] == small["chunks_total"]
+
+    code, no_overlap, _ = ingest_json(tmp_path / "docs", "--chunk-tokens", 60, "--overlap", 0)
+    assert code == 0 and no_overlap["files_ingested"] == 3
+    a_chunks = [text for text, meta in stored_chunks() if meta["source"] == source_of(files["a"])]
+    assert squeeze("".join(a_chunks)) == squeeze(files["a"].read_text())  # no text shared by neighbours now
+
+    code, back, _ = ingest_json(tmp_path / "docs")  # the first settings again: the first chunks again
+    assert code == 0 and back["files_ingested"] == 3
+    assert back["chunks_total"] == first["chunks_total"] == len(stored_chunks())
+
+
+def test_many_small_files_share_store_writes_and_each_goes_in_whole(tmp_path: Path, embedder: Any) -> None:
+    notes = tmp_path / "notes"
+    paragraphs = real_text_paragraphs(40)
+    for n, paragraph in enumerate(paragraphs):
+        write_text(notes / f"note-{n:02d}.txt", f"Note {n} holds the word zqx{n:02d}note.\n{paragraph}")
+    write_binary_txt(notes / "note-20-bad.txt")  # fails among files whose chunks share a store write
+    code, report, stderr = ingest_json(notes, "--batch-size", 4)  # a store write every 16 chunks
+    assert code == 1 and report["files_ingested"] == 40
+    assert [Path(f["path"]).name for f in report["files_failed"]] == ["note-20-bad.txt"]
+    assert "note-20-bad.txt" in stderr
+    docs = listed()
+    assert len(docs) == 40 and "note-20-bad.txt" not in docs
+    assert report["chunks_total"] == report["chunks_added"] == sum(docs.values()) == len(stored_chunks())
+    for n in (0, 19, 21, 39):
+        hits = search_json(f"zqx{n:02d}note", "--mode", "lexical")["results"]
+        assert [Path(hit["source"]).name for hit in hits] == [f"note-{n:02d}.txt"]
+
+    code, again, _ = ingest_json(notes, "--batch-size", 4)
+    assert (again["files_ingested"], again["files_unchanged"], again["chunks_added"]) == (0, 40, 0)
+
+
 def test_delete_a_file_a_directory_and_a_missing_path(tmp_path: Path, embedder: Any) -> None:
     files = small_corpus(tmp_path)
     ingest_json(tmp_path / "docs", files["other"])
@@ -292,3 +342,36 @@ def test_an_interrupted_ingest_is_never_visible_and_is_cleaned(tmp_path: Path, e
     texts = [text for text, _ in stored_chunks()]
     assert len(texts) == 2 and not [t for t in texts if "poltergeists" in t or "volcanoes" in t]
     assert set(listed()) == {"kept.txt", "other.txt"}
+
+
+def test_a_store_write_of_several_files_killed_before_their_commit(tmp_path: Path, embedder: Any) -> None:
+    kept = write_text(tmp_path / "kept.txt", "The original kept document talks about lighthouses.")
+    assert ingest_json(kept)[0] == 0
+    files = [write_text(tmp_path / "one.txt", "The first new document is about poltergeists."),
+             write_text(tmp_path / "two.txt", "The second new document is about banshees."),
+             write_text(kept, "The kept document replaced, now about volcanoes.")]
+
+    # What `docqa ingest` leaves when killed after one store write held all three files, before any commit.
+    store = open_store()
+    items = []
+    for path in files:
+        source = source_of(path)
+        generation = store.begin_document(source, file_hash(path))
+        chunks = list(chunk_pages([Page(1, path.read_text())], embedder.tokenizer, 200, 40))
+        store.record_chunks(generation, source, chunks)
+        items += [(generation, source, chunk) for chunk in chunks]
+    store.add_vectors(items, embedder.embed([chunk.text for _, _, chunk in items]))
+    del store
+
+    assert len(stored_chunks()) == 4
+    for word in ("poltergeists", "banshees", "volcanoes"):
+        assert_invisible(word)
+    assert "lighthouses" in search_json("lighthouses")["results"][0]["text"]
+    assert set(listed()) == {"kept.txt"}
+
+    # The re-run stores each file exactly once.
+    code, report, _ = ingest_json(*files)
+    assert code == 0 and (report["files_ingested"], report["files_unchanged"]) == (3, 0)
+    texts = sorted(text for text, _ in stored_chunks())
+    assert texts == sorted(path.read_text() for path in files)
+    assert set(listed()) == {"kept.txt", "one.txt", "two.txt"}
