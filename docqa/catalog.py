@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # floor), when the query has rarer ones: see Catalog._selective.
 _COMMON_SHARE = 0.10
 _COMMON_FLOOR = 5000
+# ...and whatever the store's size, a term in more than this many: BM25 costs time per matching chunk, and
+# at 1M chunks 10% let each term bring up to 100k of them (hybrid search p50 206 ms, lexical 183 ms,
+# benchmarks/results/search_scale_1M.json). Such a term's idf is below log 50 there.
+_COMMON_CEILING = 20_000
 
 _CURRENT = "JOIN documents d ON d.source = c.source AND d.generation = c.generation"
 _COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_hash"
@@ -265,8 +269,8 @@ class Catalog:
 
         FTS5 scores every chunk that matches any term of an OR query, so one "the" or "who" makes each
         search compute BM25 for most of the store (~300 ms at 100k chunks on 2 cores). A term in more
-        than _COMMON_SHARE of the chunks adds little to BM25 (idf below log 9; FTS5 floors it at 1e-6
-        past half of them), so it is left out. A term in at most _COMMON_FLOOR chunks is always kept
+        than _COMMON_SHARE of the chunks (or _COMMON_CEILING) adds little to BM25 (idf below log 9; FTS5
+        floors it at 1e-6 past half of them), so it is left out. A term in at most _COMMON_FLOOR chunks is always kept
         (scoring that many is cheap), so small stores search with every term. Counts are cached per
         catalog version.
         """
@@ -280,7 +284,7 @@ class Catalog:
             # A term in over half the chunks has an idf FTS5 floors near zero: it ranks nothing, it only
             # makes every chunk "match", and those chunks' arbitrary order then drowns the exact matches in
             # the fused ranking. So half the store is the threshold even where scoring all would be cheap.
-            threshold = min(max(int(total * _COMMON_SHARE), _COMMON_FLOOR), total // 2)
+            threshold = min(max(int(total * _COMMON_SHARE), _COMMON_FLOOR), _COMMON_CEILING, total // 2)
             self._common_threshold = threshold if total >= 2 else 0  # 0: too small to bother
         threshold = self._common_threshold
         if not threshold or len(terms) < 2:
