@@ -1,7 +1,7 @@
 """The archival store: Chroma (embedded or a server) for vectors plus the catalog for truth and words.
 
 `ArchivalStore.search` is the one search behind `docqa search` and the agent's `archival_memory_search`:
-a fixed-depth ranking (dense, lexical, or both fused: see `fuse`) cut into pages, so that
+a fixed-depth ranking (dense, lexical, or both fused: see docqa.fusion) cut into pages, so that
 consecutive pages cover it with no gaps and no repeats.
 """
 
@@ -25,12 +25,10 @@ import numpy as np
 from docqa.catalog import Catalog, ChunkRecord, DocumentRow
 from docqa.chunking import CHARS_PER_TOKEN, Chunk
 from docqa.embeddings import Embedder, load_embedder
+from docqa.fusion import fuse, lexical_bonuses, one_core_less
 from docqa.settings import Settings
 
 SEARCH_MODES = ("hybrid", "dense", "lexical")
-# Hybrid search: what the best lexical match adds to a chunk's cosine similarity, more when few chunks
-# match (see ArchivalStore._lexical and `fuse`).
-LEXICAL_BONUS = 0.2
 # Chroma's rule for collection names; checked before anything is created (the catalog needs it too).
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,498}[A-Za-z0-9]")
 
@@ -363,7 +361,7 @@ class ArchivalStore:
                        enumerate(self.catalog.lexical(query, depth))]
         else:
             lexical_job = self._lexical_in_background(query, depth)
-            with _one_core_less() if lexical_job else contextlib.nullcontext():
+            with one_core_less() if lexical_job else contextlib.nullcontext():
                 dense = self._dense(query, depth)
             lexical = lexical_job.result() if lexical_job else self._lexical(query, depth)
             ranking = fuse(dense, lexical, depth)
@@ -389,22 +387,14 @@ class ArchivalStore:
         return self._pool.submit(self._lexical, query, depth)
 
     def _lexical(self, query: str, depth: int) -> list[tuple[str, float]]:
-        """The lexical ranking as (chunk id, bonus): what each match adds to its cosine in hybrid search.
-
-        The best match gets LEXICAL_BONUS, or 1/n when only n < 5 chunks match at all, the others in
-        proportion to their BM25 score (1/rank from a catalog without BM25, a Chroma server's). An identifier
-        found in one chunk then decides whatever the embedding makes of the rest of the chunk: among 60 words
-        each in one sentence of a long text, 0.2 alone put 32 below the first hit.
-        """
+        """The lexical ranking as (chunk id, bonus): what each match adds to its cosine in hybrid search
+        (docqa.fusion.lexical_bonuses; a catalog without BM25, a Chroma server's, scores 1/rank)."""
         scored = getattr(self.catalog, "lexical_scores", None)
         if scored is None:
             hits = [(chunk_id, 1.0 / rank) for rank, chunk_id in enumerate(self.catalog.lexical(query, depth), 1)]
         else:
             hits = scored(query, depth)
-        if not hits:
-            return []
-        top = max(LEXICAL_BONUS, 1.0 / len(hits)) / max(hits[0][1], 1e-12)
-        return [(chunk_id, score * top) for chunk_id, score in hits]
+        return lexical_bonuses(hits)
 
     # -- re-rank (the static tier's quality at query time) ----------------------------------------
     _reranker: Any = None  # a docqa.static_embeddings.Reranker, made on first use
@@ -471,52 +461,10 @@ class ArchivalStore:
         return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i in committed][:depth]
 
 
-@contextmanager
-def _one_core_less() -> Iterator[None]:
-    """Let torch use one core less while a lexical search runs in a thread (the query embedding barely
-    gains from a second thread, SQLite does): on 2 cores a 100k-chunk hybrid search took 35 ms with
-    torch's two threads fighting SQLite, 22 ms with one, against 17 ms for the dense half alone."""
-    torch = sys.modules.get("torch")  # the static tier never loads it
-    threads = torch.get_num_threads() if torch else 1
-    if threads < 2:
-        yield
-        return
-    torch.set_num_threads(threads - 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def valid_utf8(text: str) -> str:
     """`text` with unpaired surrogates replaced by "?": they come from undecodable bytes in argv (a Latin-1
     terminal) or an LLM's JSON "\\ud800", and the tokenizer, SQLite and stdout accept only valid UTF-8."""
     return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def fuse(dense: list[tuple[str, float]], lexical: list[tuple[str, float]], depth: int) -> list[tuple[str, float]]:
-    """The hybrid ranking: each chunk's cosine similarity plus its lexical bonus (ArchivalStore._lexical).
-
-    `dense` is (id, cosine), `lexical` (id, bonus). A lexical match beyond the dense ranking counts at the
-    ranking's last cosine, an upper bound of its own.
-
-    Why not reciprocal rank fusion: RRF (k = 60) gives BM25's ranking as much say as the dense one, and the
-    common words of a question make BM25 rank weak matches high. On the NQ-open oracle corpus (2,655
-    questions, `docqa bench doc-qa --mode ceiling`) RRF had recall@1/2/5/10 84.6/92.1/96.4/98.1% against
-    89.7/96.5/99.1/99.4% for dense alone, and a lower BM25 weight in RRF kept losing either questions or
-    UUID keys (weight 0.5: 86.3% at 1, all 140 keys; 0.2: 88.1%, 138 keys). A bonus in cosine units decides
-    among chunks the embedding finds about equally similar: for a UUID key, which it cannot read, the key's
-    pair was at most 0.05 below the top among the paper's 140; when it ranks a question's passage first, its
-    lead is 0.24 (median). With a bonus of 0.2: 89.9/96.4/99.2/99.7%, all 140 keys first. 0.1 gave
-    90.4/96.6/99.2/99.6% but a rare word asked with common ones ("catalogue number zqx07marker", 60 such
-    words among 3,047 chunks) reached the top 5 less often: 13 of 60 against 27 (RRF: 18).
-    """
-    scores = dict(dense)
-    floor = dense[-1][1] if dense else 0.0
-    for chunk_id, bonus in lexical:
-        scores[chunk_id] = scores.get(chunk_id, floor) + bonus
-    ordered = sorted(scores, key=lambda i: (-scores[i], i))
-    return [(i, scores[i]) for i in ordered[:depth]]
 
 
 def _local_client(store_dir: Path) -> Any:
