@@ -46,6 +46,11 @@ _COMMON_FLOOR = 5000
 # benchmarks/results/search_scale_1M.json). Such a term's idf is below log 50 there.
 _COMMON_CEILING = 20_000
 
+# A query term with a letter and a digit in it (E1234, zqx07marker, a UUID) is a code that embeddings cannot
+# read; found in fewer than this many chunks, it points at them (see docqa.fusion.add_identifier_bonuses).
+_IDENTIFIER = re.compile(r"(?=.*[^\W\d_])(?=.*\d)")
+_RARE_IDENTIFIER = 5
+
 _CURRENT = "JOIN documents d ON d.source = c.source AND d.generation = c.generation"
 _COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_hash"
 
@@ -234,6 +239,23 @@ class Catalog:
             return []
         with self._reader_lock:
             return self._lexical(terms, limit)
+
+    def identifier_matches(self, query: str) -> list[tuple[str, int]]:
+        """(chunk id, n) for each committed chunk holding a query term that mixes letters and digits (a code,
+        a UUID, a part number) and is found in only n < _RARE_IDENTIFIER chunks; once per such term.
+        Thread-safe."""
+        terms = [term for term in query_terms(query)[:64] if _IDENTIFIER.match(term)]
+        matches: list[tuple[str, int]] = []
+        if not terms:
+            return matches
+        with self._reader_lock:
+            for term in terms:
+                rowids = [rowid for (rowid,) in self._lexical_db.execute(
+                    "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?",
+                    (_match([term]), _RARE_IDENTIFIER))]
+                if len(rowids) < _RARE_IDENTIFIER:
+                    matches.extend((chunk_id, len(rowids)) for _, chunk_id in self._committed_rowids(rowids))
+        return matches
 
     def _lexical(self, terms: list[str], limit: int) -> list[tuple[str, float]]:
         db = self._lexical_db

@@ -24,6 +24,26 @@ def lexical_bonuses(hits: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return [(chunk_id, score * top) for chunk_id, score in hits]
 
 
+def add_identifier_bonuses(bonuses: list[tuple[str, float]], matches: list[tuple[str, int]]) -> list[tuple[str, float]]:
+    """`bonuses` plus 1/n for each rare identifier of the query (a term with letters and digits found in only
+    n chunks: Catalog.identifier_matches) that a chunk holds.
+
+    The 1/n rule of `lexical_bonuses` counts every chunk the query matches, so a code asked with common
+    words ("catalogue number zqx07marker") got only the usual 0.2 and stayed below chunks the embedding
+    liked better; a code is what embeddings cannot read, so it decides here. Ordinary rare words do not
+    count: boosting every chunk that holds a word found in one chunk only cost 1.7 points of NQ recall@1.
+    Measured with this rule (NQ corpus plus 60 files, each with one code in one sentence): the code's chunk
+    came first for 60 of 60 codes asked bare, as "catalogue number CODE" and as "Where is CODE mentioned?"
+    (without it: 60, 5 and 10); NQ recall@1/2/5/10 89.7/96.4/99.2/99.7% (without: 89.9/96.4/99.2/99.7%).
+    """
+    if not matches:
+        return bonuses
+    total = dict(bonuses)
+    for chunk_id, n in matches:
+        total[chunk_id] = total.get(chunk_id, 0.0) + 1.0 / n
+    return list(total.items())
+
+
 def fuse(dense: list[tuple[str, float]], lexical: list[tuple[str, float]], depth: int) -> list[tuple[str, float]]:
     """The hybrid ranking: each chunk's cosine similarity plus its lexical bonus (`lexical_bonuses`).
 

@@ -25,7 +25,7 @@ import numpy as np
 from docqa.catalog import Catalog, ChunkRecord, DocumentRow
 from docqa.chunking import CHARS_PER_TOKEN, Chunk
 from docqa.embeddings import Embedder, load_embedder
-from docqa.fusion import fuse, lexical_bonuses, one_core_less
+from docqa.fusion import add_identifier_bonuses, fuse, lexical_bonuses, one_core_less
 from docqa.settings import Settings
 
 SEARCH_MODES = ("hybrid", "dense", "lexical")
@@ -394,7 +394,8 @@ class ArchivalStore:
             hits = [(chunk_id, 1.0 / rank) for rank, chunk_id in enumerate(self.catalog.lexical(query, depth), 1)]
         else:
             hits = scored(query, depth)
-        return lexical_bonuses(hits)
+        identifiers = getattr(self.catalog, "identifier_matches", None)
+        return add_identifier_bonuses(lexical_bonuses(hits), identifiers(query) if identifiers and hits else [])
 
     # -- re-rank (the static tier's quality at query time) ----------------------------------------
     _reranker: Any = None  # a docqa.static_embeddings.Reranker, made on first use

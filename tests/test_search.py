@@ -196,6 +196,16 @@ def test_a_word_in_one_chunk_of_a_long_text_is_the_first_hit(marker_store: Path)
     assert dense_misses >= 2
 
 
+@pytest.mark.parametrize("phrasing", ["catalogue number {}", "Where is {} mentioned?"])
+def test_a_code_asked_with_common_words_is_the_first_hit(marker_store: Path, phrasing: str) -> None:
+    """The words around the code ("catalogue number") are in every marker chunk, so lexical search alone
+    cannot single it out by score; the code itself, found in one chunk only, does."""
+    for n in range(4):
+        word = f"zqx{n:02d}marker"
+        top = search_json(phrasing.format(word), "--store", marker_store)["results"][0]
+        assert word in top["text"], (phrasing, word)
+
+
 # -- natural-language questions: the NQ-open oracle passages ----------------------------------------------
 NQ_QUESTIONS = 150
 
