@@ -138,6 +138,23 @@ def kv_passage(key: str, value: str) -> str:
     return f"Key-value pair: key = {key}, value = {value}"
 
 
+def store_of(settings: Any, embedder: Any, texts: list[str], vectors: np.ndarray, source: str = "/bench/corpus.txt",
+             batch: int = 256) -> Any:
+    """A store holding `texts` as one document, one chunk each, with these vectors (no model run)."""
+    from docqa.chunking import Chunk
+    from docqa.store import ArchivalStore
+
+    store = ArchivalStore(settings, embedder)
+    file_hash = "a" * 64
+    with store.writing():
+        generation = store.begin_document(source, file_hash)
+        chunks = [Chunk(i, text, i + 1, i + 1, 0) for i, text in enumerate(texts)]
+        for start in range(0, len(chunks), batch):
+            store.add_chunks(generation, source, chunks[start : start + batch], vectors[start : start + batch])
+        store.commit_document(source, generation, file_hash, len(chunks), len(chunks))
+    return store
+
+
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 

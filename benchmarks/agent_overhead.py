@@ -32,7 +32,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fake_llm, the test LLM server
 
-from _common import KV_DATA, ROOT, machine, nq_questions, passage_text, percentiles, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    KV_DATA,
+    ROOT,
+    machine,
+    nq_questions,
+    passage_text,
+    percentiles,
+    store_of,
+    write_result,
+)
 
 TARGET_P50_MS = 50.0
 
@@ -87,18 +96,9 @@ def timed(obj: Any, method: str, into: list[float]) -> None:
 
 
 def build_store(store_dir: Path, texts: list[str], vectors: Any, embedder: Any) -> Any:
-    from docqa.chunking import Chunk
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
-    store = ArchivalStore(Settings(store_dir=store_dir), embedder)
-    with store.writing():
-        generation = store.begin_document("/bench/corpus.txt", "a" * 64)
-        chunks = [Chunk(i, text, i + 1, i + 1, 0) for i, text in enumerate(texts)]
-        for start in range(0, len(chunks), 256):
-            store.add_chunks(generation, "/bench/corpus.txt", chunks[start : start + 256], vectors[start : start + 256])
-        store.commit_document("/bench/corpus.txt", generation, "a" * 64, len(chunks), len(chunks))
-    return store
+    return store_of(Settings(store_dir=store_dir), embedder, texts, vectors)
 
 
 def run_turn(store: Any, policy: Any, question: str, sessions_path: Path, session: str) -> dict:

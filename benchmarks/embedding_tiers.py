@@ -43,6 +43,7 @@ from _common import (  # noqa: E402
     passage_text,
     percentiles,
     plot_to,
+    store_of,
     write_result,
 )
 
@@ -71,18 +72,10 @@ class MemoEmbedder:
 
 
 def build_store(store_dir: Path, backend: str, embedder: Any, texts: list[str], vectors: np.ndarray) -> Any:
-    from docqa.chunking import Chunk
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
-    store = ArchivalStore(Settings(store_dir=store_dir, embedding_backend=backend, rerank_depth=0), embedder)
-    with store.writing():
-        generation = store.begin_document("corpus", "c" * 64)
-        chunks = [Chunk(i, text, i + 1, i + 1, 0) for i, text in enumerate(texts)]
-        for start in range(0, len(chunks), 500):
-            store.add_chunks(generation, "corpus", chunks[start : start + 500], vectors[start : start + 500])
-        store.commit_document("corpus", generation, "c" * 64, len(chunks), len(chunks))
-    return store
+    settings = Settings(store_dir=store_dir, embedding_backend=backend, rerank_depth=0)
+    return store_of(settings, embedder, texts, vectors, source="corpus", batch=500)
 
 
 def with_rerank(store: Any, depth: int, reranker: Any) -> Any:

@@ -301,9 +301,7 @@ class ArchivalStore:
         self._remove(replaced)
 
     def abort_document(self, generation: str) -> None:
-        with self._chroma() as collection:
-            collection.delete(where={"generation": generation})
-        self.catalog.forget_orphan(generation)
+        self._remove([generation])
 
     def abort_documents(self, written: Sequence[str], unwritten: Sequence[str] = ()) -> None:
         """Take pending versions out: `written` may have chunks in Chroma, `unwritten` have none yet.
