@@ -2,48 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from docqa import settings as settings_module
-from docqa.cli_shared import UserError, friendly, llm_options, with_options
-from docqa.settings import Settings
-
-
-def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Options that say which store to use, shared by every command that touches one."""
-    options = [
-        click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="Store directory [env DOCQA_STORE; default: per-user data dir]."),
-        click.option("--collection", help="Collection name inside the store [env DOCQA_COLLECTION; default docqa]."),
-        click.option("--chroma-url", help="Use a Chroma server (chroma run) at this URL instead of a local store "
-                     "[env DOCQA_CHROMA_URL]."),
-        click.option("--embedding-model", help="sentence-transformers model name or local path "
-                     "[env DOCQA_EMBEDDING_MODEL; default all-MiniLM-L6-v2 from its PyPI package]."),
-        click.option("--embedding-backend", type=click.Choice(["torch", "static"]),
-                     help="torch: the model itself; static: a model2vec model distilled from it, much faster, "
-                     "less accurate [env DOCQA_EMBEDDING_BACKEND]."),
-    ]
-    return with_options(command, options)
-
-
-def build_settings(**flags: Any) -> Settings:
-    return settings_module.resolve(**flags)
-
-
-def open_store(config: Settings) -> Any:
-    from docqa.store import ArchivalStore
-
-    return ArchivalStore(config)
-
-
-def emit_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+from docqa.cli_llm import NO_LLM_HELP, connect, format_answer, has_llm, no_trace, print_trace
+from docqa.cli_shared import (build_settings, emit_json, friendly, llm_options, open_store, session_store,
+                              store_options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -164,43 +131,6 @@ def search(query: str, page: int, page_size: int | None, mode: str, as_json: boo
         click.echo(result.format())
 
 
-NO_LLM_HELP = ("no LLM configured. Set DOCQA_MODEL and OPENAI_API_KEY (OpenAI), or DOCQA_MODEL and "
-               "OPENAI_BASE_URL for a local OpenAI-compatible server (vLLM, Ollama, llama.cpp), or pass "
-               "--model/--base-url. Showing the top archival search results instead.")
-
-
-def make_client(config: Settings) -> Any:
-    from docqa.llm import ChatClient
-
-    return ChatClient(config.model or "", base_url=config.base_url, api_key=config.api_key, mode=config.llm_mode,
-                      timeout=config.llm_timeout)
-
-
-def print_trace(kind: str, data: dict[str, Any]) -> None:
-    """--trace: each step as it happens, like the paper's Figures 6 and 8."""
-    if kind == "thought":
-        click.secho(f"  thought: {data['text'].strip()}", fg="cyan", err=True)
-    elif kind == "call":
-        click.secho(f"  call: {data['function']}({data['arguments'][:300]})", fg="yellow", err=True)
-    elif kind == "result":
-        text = " ".join(data["result"].split())
-        click.secho(f"  result: {text[:240]}{'...' if len(text) > 240 else ''}", fg="green" if data["ok"] else "red",
-                    err=True)
-    else:
-        click.secho(f"  [{kind}] {data.get('message', '')}", fg="magenta", err=True)
-
-
-def format_answer(result: Any) -> str:
-    lines = [result.answer or "(no answer)"]
-    if result.citations:
-        lines.append("\nSources:")
-        for n, c in enumerate(result.citations, start=1):
-            page = c["page"] if c["page"] == c.get("page_end", c["page"]) else f"{c['page']}-{c['page_end']}"
-            excerpt = " ".join(c["text"].split())
-            lines.append(f"[{n}] {c['source']}, page {page}: \"{excerpt[:200]}{'...' if len(excerpt) > 200 else ''}\"")
-    return "\n".join(lines)
-
-
 @main.command()
 @click.argument("question")
 @store_options
@@ -219,7 +149,7 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
 
     config = build_settings(**flags)
     store = open_store(config)
-    if no_llm or not config.model:
+    if no_llm or not has_llm(config):
         if not no_llm:
             click.echo(f"docqa: {NO_LLM_HELP}", err=True)
         page = store.search(question)
@@ -231,9 +161,10 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
         else:
             click.echo(page.format())
         return
-    sessions = _sessions(config) if session else None
-    agent = Agent(config, store, make_client(config), session=session or "ask", sessions=sessions,
-                  on_event=print_trace if trace else None)
+    on_event = print_trace if trace else no_trace
+    client, config = connect(config, on_event)
+    sessions = session_store(config) if session else None
+    agent = Agent(config, store, client, session=session or "ask", sessions=sessions, on_event=on_event)
     result = agent.ask(question)
     if as_json:
         emit_json(result.to_json())
@@ -247,52 +178,13 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
     sys.exit(0 if result.status == "answered" else 1)
 
 
-def _sessions(config: Settings) -> Any:
-    from docqa.memory import SessionStore
-
-    return SessionStore(config.store_dir / "sessions.sqlite3")
-
-
-@main.command()
-@store_options
-@llm_options()
-@click.option("--session", default="default", show_default=True, help="Conversation to continue (memory persists).")
-@click.option("--trace", is_flag=True, help="Print each step: inner thoughts, function calls, results.")
-@friendly
-def chat(session: str, trace: bool, **flags: Any) -> None:
-    """Talk with the agent over several turns; its memory persists across runs (/exit to leave)."""
-    from docqa.agent import Agent
-
-    config = build_settings(**flags)
-    if not config.model:
-        raise UserError(NO_LLM_HELP.split(" Showing")[0])
-    store = open_store(config)
-    agent = Agent(config, store, make_client(config), session=session, sessions=_sessions(config),
-                  on_event=print_trace if trace else None)
-    click.echo(f"docqa chat, session '{session}' ({store.count()} chunks in archival memory). /exit to leave.",
-               err=True)
-    while True:
-        try:
-            line = input("you> ")
-        except EOFError:
-            break
-        if line.strip() in ("/exit", "/quit"):
-            break
-        if not line.strip():
-            continue
-        result = agent.turn(line)
-        if result.status == "answered":
-            click.echo(f"docqa> {format_answer(result)}")
-        elif result.status == "step_limit":
-            click.echo(f"docqa: no answer within {config.max_steps} steps", err=True)
-        else:
-            click.echo(f"docqa: error: {result.error}", err=True)
-
-
-def _register_bench() -> None:
+def _register_commands() -> None:
     from docqa.bench.cli import bench
+    from docqa.cli_chat import chat, sessions
 
+    main.add_command(chat)
+    main.add_command(sessions)
     main.add_command(bench)
 
 
-_register_bench()
+_register_commands()

@@ -7,12 +7,17 @@ decorators from docqa.cli while it is still being imported.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
+
+from docqa import settings as settings_module
+from docqa.settings import Settings
 
 Command = Callable[..., Any]
 
@@ -82,9 +87,14 @@ LLM_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         type=click.Choice(["auto", "tools", "json"]),
         help="tools: native tool calling; json: the model writes function calls as JSON; "
         "auto: tools, switching to json if the server rejects tools [env DOCQA_LLM_MODE].")),
+    "fold_system": ("--fold-system", dict(
+        is_flag=True, default=None,
+        help="Put the system instructions into the first user message, for chat templates that have no system "
+        "role (Mistral's) [env DOCQA_FOLD_SYSTEM].")),
     "context_window": ("--context-window", dict(
         type=click.IntRange(min=512),
-        help="The model's context window in tokens [env DOCQA_CONTEXT_WINDOW; default 8192].")),
+        help="The model's context window in tokens; the smaller of this and what the server says it serves is "
+        "used [env DOCQA_CONTEXT_WINDOW; default 8192].")),
     "max_steps": ("--max-steps", dict(type=click.IntRange(min=1), help="LLM calls allowed per question (default 20).")),
     "llm_timeout": ("--llm-timeout", dict(type=float, help="Seconds to wait for one LLM reply (default 120).")),
 }
@@ -109,3 +119,42 @@ def llm_options(names: Iterable[str] = tuple(LLM_OPTIONS),
 
     options = [option(name) for name in chosen]
     return lambda command: with_options(command, options)
+
+
+# -- the store ------------------------------------------------------------------------------------
+def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that say which store to use, shared by every command that touches one."""
+    options = [
+        click.option("--store", "store_dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Store directory [env DOCQA_STORE; default: per-user data dir]."),
+        click.option("--collection", help="Collection name inside the store [env DOCQA_COLLECTION; default docqa]."),
+        click.option("--chroma-url", help="Use a Chroma server (chroma run) at this URL instead of a local store "
+                     "[env DOCQA_CHROMA_URL]."),
+        click.option("--embedding-model", help="sentence-transformers model name or local path "
+                     "[env DOCQA_EMBEDDING_MODEL; default all-MiniLM-L6-v2 from its PyPI package]."),
+        click.option("--embedding-backend", type=click.Choice(["torch", "static"]),
+                     help="torch: the model itself; static: a model2vec model distilled from it, much faster, "
+                     "less accurate [env DOCQA_EMBEDDING_BACKEND]."),
+    ]
+    return with_options(command, options)
+
+
+def build_settings(**flags: Any) -> Settings:
+    return settings_module.resolve(**flags)
+
+
+def open_store(config: Settings) -> Any:
+    from docqa.store import ArchivalStore
+
+    return ArchivalStore(config)
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+
+
+def session_store(config: Settings) -> Any:
+    """The chat sessions of this store (core memory, summary, queue and recall of each)."""
+    from docqa.memory import SessionStore
+
+    return SessionStore(config.store_dir / "sessions.sqlite3")

@@ -15,32 +15,25 @@ whose text is one line that says what to do.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import openai
+
+from docqa.shaping import for_templates, message_text, to_json_mode
 
 MODES = ("auto", "tools", "json")
 PLACEHOLDER_KEY = "not-needed"  # local servers ignore the key, but the openai client insists on one
 MAX_ARGUMENT_CHARS = 1_000_000  # bigger tool-call arguments are cut (see _tool_call)
 KEPT_ARGUMENT_CHARS = 200
-FUNCTION_RESULT_PREFIX = "FUNCTION RESULT"  # json mode: how function results reach the model
 MAX_JSON_ATTEMPTS = 64  # json mode: how many "{" to try parsing a call from, so a long reply stays cheap
-
-JSON_MODE_INSTRUCTIONS = """# Functions
-You act by calling the functions listed below. To call one, reply with exactly one JSON object and \
-nothing else, in this form:
-{"thoughts": "<short private reasoning, optional>", "function": "<function name>", "arguments": {<arguments \
-matching the function's parameters>}}
-The result comes back in a user message that starts with "FUNCTION RESULT (<function name>):".
-
-Available functions:"""
-
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -65,6 +58,14 @@ class LLMError(Exception):
     """A user-facing error: str(e) is one clear line that says what to do. Never contains the API key."""
 
 
+class PromptTooLong(LLMError):
+    """The server refused the prompt as longer than its window; `server_window` is its size if it said."""
+
+    def __init__(self, message: str, server_window: int | None = None) -> None:
+        super().__init__(message)
+        self.server_window = server_window
+
+
 def estimate_tokens(text: str) -> int:
     """Estimated token count of `text`: ceil(len / 4).
 
@@ -78,7 +79,7 @@ def estimate_messages_tokens(messages: list[dict[str, Any]], tools: list[dict[st
     """Estimated prompt tokens of a chat request: every message's text and tool calls, plus the tool schemas."""
     total = 0
     for message in messages:
-        text = _text(message.get("content"))
+        text = message_text(message.get("content"))
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {}
             text += str(function.get("name") or "") + str(function.get("arguments") or "")
@@ -97,7 +98,7 @@ class ChatClient:
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  mode: str = "auto", timeout: float = 60.0, max_retries: int = 3,
-                 client: openai.OpenAI | None = None) -> None:
+                 client: openai.OpenAI | None = None, fold_system: bool = False) -> None:
         if not model:
             raise LLMError("no model given: pass --model or set DOCQA_MODEL")
         if mode not in MODES:
@@ -108,6 +109,9 @@ class ChatClient:
             raise LLMError(f"max_retries must be 0 or more, not {max_retries}")
         self.model = model
         self.mode = mode
+        self.fold_system = fold_system  # system text into the first user message, for templates without one
+        self.notices: list[str] = []  # things the user should know about how requests are sent
+        credentials: list[str] = []
         if client is None:
             base_url = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
             api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or None
@@ -116,13 +120,22 @@ class ChatClient:
                     raise LLMError("No API key: set OPENAI_API_KEY or pass --api-key "
                                    "(for a local server pass --base-url)")
                 api_key = PLACEHOLDER_KEY
+            headers: dict[str, str] = {}
+            if base_url and _url_credentials(base_url):
+                base_url, headers, credentials = _basic_auth(base_url)
+                if api_key != PLACEHOLDER_KEY:
+                    self.notices.append("the base URL holds a user name and password, so docqa sends them as HTTP "
+                                        "Basic auth and does not send the API key; take them out of the URL to "
+                                        "send the key instead")
             try:
-                client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+                client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries,
+                                       default_headers=headers or None)
             except openai.OpenAIError as exc:
                 raise LLMError(f"cannot set up the LLM client ({_one_line(str(exc))}): check --base-url") from None
         self._client = client
         client_key = getattr(client, "api_key", None)
-        self._secrets = [s for s in (api_key, client_key) if isinstance(s, str) and s and s != PLACEHOLDER_KEY]
+        self._secrets = [s for s in (api_key, client_key, *credentials)
+                         if isinstance(s, str) and len(s) >= 3 and s != PLACEHOLDER_KEY]
         self.base_url = _display_url(str(client.base_url))
         self.timeout = _seconds(getattr(client, "timeout", None), timeout)  # an injected client's own, for messages
         self.max_retries = int(getattr(client, "max_retries", max_retries))
@@ -131,6 +144,7 @@ class ChatClient:
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Reply:
         """Ask the model for its next message; `tools` are OpenAI tool schemas (None: plain chat)."""
         tools = tools or None
+        messages = for_templates(messages, fold_system=self.fold_system)
         if self.mode == "json":
             return self._complete_json(messages, tools)
         try:
@@ -151,14 +165,14 @@ class ChatClient:
         if tools:
             payload.update(tools=tools, tool_choice="auto")
         message, usage = self._send(payload)
-        content = _text(message.get("content")) or None
+        content = message_text(message.get("content")) or None
         calls = _native_calls(message)
         return self._reply(content, calls, usage, messages, tools)
 
     def _complete_json(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Reply:
-        sent = to_json_mode(messages, tools)
+        sent = for_templates(to_json_mode(messages, tools), fold_system=self.fold_system)
         message, usage = self._send({"messages": sent})
-        content = _text(message.get("content")) or None
+        content = message_text(message.get("content")) or None
         # A server may still return native calls (some parse them out of the text themselves): take them.
         calls = _native_calls(message)
         if tools and not calls and content:
@@ -239,6 +253,9 @@ class ChatClient:
             if status >= 500:
                 return self._error(f"the LLM server at {url} failed with HTTP {status}{retries} ({detail}): "
                                    "check the server's log, then try again")
+            if _too_long(detail, exc.body):
+                return self._error(f"the LLM server at {url} rejected the prompt as too long for its context window "
+                                   f"(HTTP {status}: {detail})", PromptTooLong, _server_window(detail, exc.body))
             hint = " or --llm-mode json" if self.mode != "json" else ""
             return self._error(f"the LLM server at {url} rejected the request (HTTP {status}: {detail}): "
                                f"check --model{hint}; a smaller --context-window helps if the prompt is too long")
@@ -250,71 +267,25 @@ class ChatClient:
         return self._error(f"the LLM server at {self.base_url} sent an unusable response: {detail} — "
                            "check that --base-url points at an OpenAI-compatible /v1 API")
 
-    def _error(self, text: str) -> LLMError:
-        """An LLMError with the key scrubbed out, whatever the server echoed back."""
-        for secret in self._secrets:
+    def _error(self, text: str, kind: type[LLMError] | None = None, server_window: int | None = None) -> LLMError:
+        """An LLMError with the credentials scrubbed out, whatever the server echoed back."""
+        text = self.scrub(text)
+        if kind is PromptTooLong:
+            return PromptTooLong(_one_line(text), server_window)
+        return (kind or LLMError)(_one_line(text))
+
+    def scrub(self, text: str) -> str:
+        """`text` without the API key, the URL's password, or their Bearer/Basic encodings."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
-        return LLMError(_one_line(text))
+        return text
 
 
 class _ToolsRejected(Exception):
     """The server refused the request because it carried tools (auto mode then switches to json)."""
 
 
-# -- json mode ----------------------------------------------------------------------------------
-def to_json_mode(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The history rewritten for a server without tool calling: calls as JSON text, results as user messages.
-
-    With `tools`, the first system message also describes the functions and how to call them.
-    """
-    out: list[dict[str, Any]] = []
-    names: dict[str, str] = {}  # tool_call_id -> function name, to label each result
-    described = not tools
-    for message in messages:
-        role = message.get("role")
-        content = _text(message.get("content"))
-        if role == "system" and not described:
-            out.append({"role": "system", "content": f"{content}\n\n{describe_functions(tools or [])}".lstrip()})
-            described = True
-        elif role == "assistant" and message.get("tool_calls"):
-            lines = []
-            for call in message["tool_calls"]:
-                function = call.get("function") or {}
-                names[call.get("id", "")] = name = str(function.get("name") or "")
-                lines.append(json_call_text(name, str(function.get("arguments") or ""), content))
-                content = ""  # the thoughts go with the first call only
-            out.append({"role": "assistant", "content": "\n".join(lines)})
-        elif role == "tool":
-            name = names.get(message.get("tool_call_id", ""), "function")
-            out.append({"role": "user", "content": f"{FUNCTION_RESULT_PREFIX} ({name}):\n{content}"})
-        else:
-            out.append({"role": role, "content": content})  # drops fields a plain chat server may reject
-    if not described:
-        out.insert(0, {"role": "system", "content": describe_functions(tools or [])})
-    return out
-
-
-def describe_functions(tools: list[dict[str, Any]]) -> str:
-    """The json-mode system text: how to call a function, then each function with its parameter schema."""
-    parts = [JSON_MODE_INSTRUCTIONS]
-    for tool in tools:
-        function = tool.get("function") or {}
-        parts.append(f"\n## {function.get('name')}\n{function.get('description') or ''}\n"
-                     f"Parameters (JSON schema): {json.dumps(function.get('parameters') or {})}")
-    return "\n".join(parts)
-
-
-def json_call_text(name: str, arguments: str, thoughts: str = "") -> str:
-    """One call as the JSON object json mode asks the model for (arguments kept raw if they are not JSON)."""
-    try:
-        parsed: Any = json.loads(arguments or "{}")
-    except ValueError:
-        parsed = arguments
-    call: dict[str, Any] = {"thoughts": thoughts} if thoughts else {}
-    call.update(function=name, arguments=parsed)
-    return json.dumps(call)
-
-
+# -- json mode replies ----------------------------------------------------------------------------
 def parse_json_call(text: str) -> tuple[ToolCall | None, str | None]:
     """The first JSON function call in a reply, tolerating code fences and text around it; (call, thoughts)."""
     decoder = json.JSONDecoder()
@@ -380,15 +351,6 @@ def _new_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _text(content: Any) -> str:
-    """Message content as text; some servers send a list of parts instead of a string."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
 def _rejects_tools(message: str) -> bool:
     """Whether a 400 says the server or model cannot do tool calling (not just a bad tool message).
 
@@ -417,6 +379,50 @@ def _seconds(timeout: Any, default: float) -> float:
     """The read timeout in seconds of a float or an httpx Timeout."""
     read = getattr(timeout, "read", timeout)
     return float(read) if isinstance(read, int | float) and not isinstance(read, bool) else default
+
+
+# How servers word a prompt that is over the window, and where they say the window's size:
+# vLLM and OpenAI "This model's maximum context length is 2048 tokens. However, you requested ...";
+# llama-cpp-python "Requested tokens (2209) exceed context window of 2048"; llama.cpp's server
+# "the request exceeds the available context size" with n_ctx in the error object; LM Studio "... the
+# model is loaded with context length of only 2048 tokens"; TGI "`inputs` tokens + `max_new_tokens` must
+# be <= 4096".
+_TOO_LONG = re.compile(r"context length|context window|context size|context_length_exceeded|maximum context|"
+                       r"too many tokens|prompt is too long|must be <= \d+", re.IGNORECASE)
+_WINDOW = [re.compile(p, re.IGNORECASE) for p in (
+    r"maximum context length is (\d+)", r"context window of (\d+)", r"context length of only (\d+)",
+    r'"n_ctx"\s*:\s*(\d+)', r"must be <= (\d+)")]
+
+
+def _too_long(detail: str, body: object) -> bool:
+    return bool(_TOO_LONG.search(detail) or _TOO_LONG.search(json.dumps(body, default=str)))
+
+
+def _server_window(detail: str, body: object) -> int | None:
+    text = f"{detail} {json.dumps(body, default=str)}"
+    for pattern in _WINDOW:
+        match = pattern.search(text)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _url_credentials(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.username or parts.password)
+
+
+def _basic_auth(url: str) -> tuple[str, dict[str, str], list[str]]:
+    """(URL without user:password, headers sending them as HTTP Basic auth, the secrets to scrub)."""
+    parts = urlsplit(url)
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    secrets = [password, parts.password or "", token, f"{user}:{password}"]
+    return bare, {"Authorization": f"Basic {token}"}, [s for s in secrets if s and password]
 
 
 def _one_line(text: str) -> str:

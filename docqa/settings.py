@@ -40,6 +40,7 @@ class Settings:
     base_url: str | None = None
     api_key: str | None = None
     llm_mode: str = "auto"  # "auto" | "tools" | "json"
+    fold_system: bool = False  # system text into the first user message, for templates with no system role
     context_window: int = 8192
     max_steps: int = 20
     llm_timeout: float = 120.0
@@ -78,10 +79,18 @@ def resolve(**flags: object) -> Settings:
         base_url=pick("base_url", "OPENAI_BASE_URL", None),
         api_key=pick("api_key", "OPENAI_API_KEY", None),
         llm_mode=pick("llm_mode", "DOCQA_LLM_MODE", base.llm_mode),
+        fold_system=_flag(pick("fold_system", "DOCQA_FOLD_SYSTEM", base.fold_system)),
         context_window=int(pick("context_window", "DOCQA_CONTEXT_WINDOW", base.context_window)),  # type: ignore[arg-type]
         max_steps=int(pick("max_steps", None, base.max_steps)),  # type: ignore[arg-type]
         llm_timeout=float(pick("llm_timeout", None, base.llm_timeout)),  # type: ignore[arg-type]
     )
+
+
+def _flag(value: object) -> bool:
+    """A boolean flag or an environment variable's text (1/true/yes/on)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 def _optional_int(value: object) -> int | None:

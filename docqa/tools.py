@@ -17,7 +17,8 @@ from typing import Any, Literal
 import pydantic
 
 from docqa.catalog import ChunkRecord
-from docqa.memory import MainContext, ToolError
+from docqa.context import MainContext
+from docqa.memory import ToolError
 from docqa.store import ArchivalStore
 
 MAX_ARGUMENT_CHARS = 20_000  # a call bigger than this is refused, never parsed

@@ -22,6 +22,20 @@ and 5xx say retry-after-ms: 10 so retries are quick), "hang" (no answer for 5 s)
 "empty_choices", "close" (socket closed mid-body), "huge_args" (a 10 MB archival_memory_search call).
 "reject_tools" is not consumed: every request that carries tools gets a 400 saying tools are not supported.
 `add_faults` queues more while the server runs; `.authorizations` holds each request's Authorization header.
+
+Server metadata and chat templates (all optional; without them the server behaves as described above):
+
+- `template`: a chat template's name from tests/templates.py (or its source text). Each chat-completions
+  request that passes the protocol checks is rendered through it with the request's `messages` and `tools`
+  (tools only when the body has them; `tool_choice` and `chat_template_kwargs` are passed on too), the way
+  vLLM renders it, before any fault or the policy runs. A template error is answered as vLLM does: HTTP 400
+  with the template's message (e.g. "Conversation roles must alternate user/assistant/user/assistant/...").
+  `.prompts` holds every rendered prompt, and usage.prompt_tokens is then estimated from the rendered
+  prompt (`estimate`), as vLLM counts the prompt it built.
+- `models`: the model ids GET /v1/models lists (default ["fake"]); `model_info`: extra fields merged into
+  every entry there (e.g. {"max_model_len": 2500}, as vLLM sends).
+- `props`: if given, GET /props (at the root, without /v1, as llama.cpp's server has it) answers this JSON,
+  e.g. {"default_generation_settings": {"n_ctx": 2048}, "n_ctx": 2048}; otherwise /props is a 404.
 """
 
 from __future__ import annotations
@@ -50,7 +64,9 @@ _ids = itertools.count(1)  # deterministic ids make failing tests easier to read
 class FakeLLMServer:
     """The server, as a context manager; `.base_url` ends in /v1, `.requests` holds every JSON body received."""
 
-    def __init__(self, policy: Policy, *, faults: list[str] | None = None) -> None:
+    def __init__(self, policy: Policy, *, faults: list[str] | None = None, template: str | None = None,
+                 models: list[str] | None = None, model_info: dict[str, Any] | None = None,
+                 props: dict[str, Any] | None = None) -> None:
         faults = list(faults or [])
         for fault in faults:
             if fault not in ONE_SHOT_FAULTS | {"reject_tools"} and not re.fullmatch(r"[45]\d\d", fault):
@@ -60,6 +76,16 @@ class FakeLLMServer:
         self.faults = [f for f in faults if f != "reject_tools"]
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str] = []  # the Authorization header of each request, in order
+        if template is not None:
+            from tests import templates  # only template mode needs jinja2
+
+            if template not in templates.TEMPLATES and "{" not in template:
+                raise ValueError(f"unknown chat template {template!r}; have {templates.TEMPLATES}")
+        self.template = template
+        self.prompts: list[str] = []  # each rendered prompt, in order (template mode)
+        self.models = list(models) if models is not None else ["fake"]
+        self.model_info = dict(model_info or {})
+        self.props = props
         self._lock = threading.Lock()
         self._stop = threading.Event()  # ends "hang" sleeps when the server shuts down
         self._httpd: ThreadingHTTPServer | None = None
@@ -76,7 +102,7 @@ class FakeLLMServer:
             self.faults.extend(faults)
 
     def __enter__(self) -> FakeLLMServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
@@ -102,6 +128,18 @@ class FakeLLMServer:
         problem = _protocol_problem(body)
         if problem:
             return _error(400, problem, "invalid_request_error")
+        prompt = None
+        if self.template is not None:
+            from tests import templates
+
+            try:
+                prompt = templates.render(self.template, body["messages"], body.get("tools"),
+                                          tool_choice=body.get("tool_choice"),
+                                          **(body.get("chat_template_kwargs") or {}))
+            except templates.TemplateError as exc:  # vLLM: 400 with the template's own message
+                return _error(400, exc.reason, "BadRequestError")
+            with self._lock:
+                self.prompts.append(prompt)
         if fault == "429":
             return _error(429, "Rate limit reached; retry after 0 s", "rate_limit_error", FAST_RETRY)
         if fault and fault.isdigit():  # the message echoes the key, as leaky servers do: the client scrubs it
@@ -126,7 +164,17 @@ class FakeLLMServer:
             except Exception as exc:  # a broken policy should fail the test with its own message
                 return _error(500, f"policy raised {type(exc).__name__}: {exc}", "server_error",
                               {"x-should-retry": "false"})
-        return 200, {}, json.dumps(_finish(response, body)).encode()
+        return 200, {}, json.dumps(_finish(response, body, prompt)).encode()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops a kept-alive connection is normal (real servers log nothing): no traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
@@ -134,9 +182,13 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path.rstrip("/") == "/v1/models":
+            path = self.path.split("?")[0].rstrip("/")
+            if path == "/v1/models":
                 self._send(200, {}, json.dumps({"object": "list", "data": [
-                    {"id": "fake", "object": "model", "created": 0, "owned_by": "docqa-tests"}]}).encode())
+                    {"id": model, "object": "model", "created": 0, "owned_by": "docqa-tests", **server.model_info}
+                    for model in server.models]}).encode())
+            elif path == "/props" and server.props is not None:
+                self._send(200, {}, json.dumps(server.props).encode())
             else:
                 self._send(*_error(404, f"no route GET {self.path}", "invalid_request_error"))
 
@@ -217,8 +269,11 @@ def _protocol_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-def _finish(response: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """Play the model's part: JSON-mode text for tool calls when no tools were offered, usage, model name."""
+def _finish(response: dict[str, Any], body: dict[str, Any], prompt: str | None = None) -> dict[str, Any]:
+    """Play the model's part: JSON-mode text for tool calls when no tools were offered, usage, model name.
+
+    `prompt` is the rendered prompt in template mode: usage then counts it instead of the request's JSON.
+    """
     response = json.loads(json.dumps(response))  # never mutate what the policy may keep
     response.setdefault("model", body.get("model", "fake"))
     for choice in response.get("choices") or []:
@@ -234,10 +289,11 @@ def _finish(response: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
             message["content"], message["tool_calls"] = "\n".join(lines), None
             choice["finish_reason"] = "stop"
     if "usage" not in response:
-        prompt = estimate(json.dumps(body.get("messages")) + json.dumps(body.get("tools") or []))
+        prompt_tokens = (estimate(prompt) if prompt is not None else
+                         estimate(json.dumps(body.get("messages")) + json.dumps(body.get("tools") or [])))
         completion = sum(estimate(json.dumps(c.get("message"))) for c in response.get("choices") or [])
-        response["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                             "total_tokens": prompt + completion}
+        response["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                             "total_tokens": prompt_tokens + completion}
     return response
 
 

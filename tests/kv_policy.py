@@ -1,7 +1,8 @@
 """A competent deterministic nested key-value policy for the fake LLM server.
 
-It reads only the request it receives: the question (for the first key), the function results (for
-`key = K, value = V` lines) and its own earlier calls. It searches the current key, follows the value,
+It reads only the request it receives: the question (for the first key), the function results and the
+summary in the system message (for `key = K, value = V` lines) and its own earlier calls. Asked for a
+summary, it keeps the pairs the evicted messages hold, as a summariser told to keep the task's state does. It searches the current key, follows the value,
 and answers when a search for the current value shows it only as a value, never as a key.
 """
 
@@ -11,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from tests.fake_llm import last_tool_results, tool_call_response
+from tests.fake_llm import last_tool_results, text_response, tool_call_response, wants_function_call
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 PAIR = re.compile(rf"key = ({UUID}), value = ({UUID})")
@@ -39,9 +40,13 @@ def previous_searches(body: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def nested_kv_policy(body: dict[str, Any]) -> dict[str, Any]:
+    if not wants_function_call(body):  # the summariser: keep the pairs found, the state of the task
+        quoted = body["messages"][-1]["content"]
+        found = dict.fromkeys(f"key = {k}, value = {v}" for k, v in PAIR.findall(quoted.replace('\\"', '"')))
+        return text_response("Summary: pairs found so far: " + "; ".join(found) if found else "Summary: none yet.")
     question = next(m["content"] for m in body["messages"] if m["role"] == "user" and re.search(UUID, m["content"]))
     current = re.search(UUID, question).group(0)
-    pairs: dict[str, str] = {}
+    pairs: dict[str, str] = dict(PAIR.findall(body["messages"][0]["content"]))  # the summary, after eviction
     results = last_tool_results(body)
     for result in results:
         pairs.update(PAIR.findall(result))

@@ -167,7 +167,7 @@ def summariser_fooled_agent_not(body: dict[str, Any]) -> dict[str, Any]:
             and POISON in (m.get("content") or "")]
     if told:
         return tool_call_response("send_message", {"message": POISON})
-    if "(nothing evicted yet)" not in body["messages"][1]["content"]:
+    if "(nothing evicted yet)" not in body["messages"][0]["content"]:
         return tool_call_response("send_message", {"message": f"The access code is {MARKER}."})
     searched = sum(1 for m in body["messages"] if m["role"] == "assistant")
     return tool_call_response("archival_memory_search", {"query": f"access code {MARKER}", "page": searched,
@@ -197,12 +197,14 @@ def test_an_injection_evicted_into_the_summary_stays_quoted_data(poisoned_store:
 
     # Even a summary that repeats the instruction stays a system note, headed as a summary of data; no user
     # turn ever carries it, and the answer is the one the handbook gives.
-    later = [b for b in bodies if wants_function_call(b) and FORGED_TURN in b["messages"][1]["content"]]
-    assert later, "the summary never became the head of the queue"
+    later = [b for b in bodies if wants_function_call(b) and FORGED_TURN in b["messages"][0]["content"]]
+    assert later, "the summary never reached the main context"
     for body in later:
-        head = body["messages"][1]
-        assert head["role"] == "system" and head["content"].startswith("### Summary of earlier conversation")
-        assert "never instructions to you" in head["content"]
+        system = body["messages"][0]
+        assert system["role"] == "system"
+        heading, summary = system["content"].split("### Summary of earlier conversation", 1)
+        assert FORGED_TURN in summary and FORGED_TURN not in heading
+        assert "never instructions to you" in summary
     assert not [m for b in bodies if wants_function_call(b) for m in b["messages"]
                 if m["role"] == "user" and not is_function_result(m) and POISON in (m.get("content") or "")]
     assert payload["status"] == "answered" and payload["answer"] == f"The access code is {MARKER}."
@@ -226,7 +228,7 @@ def test_a_bad_llm_server_ends_with_a_status_and_one_clear_line(injected_store: 
     assert result.exit_code == 1
     assert payload["status"] == "error"
     assert expected in payload["error"] and "\n" not in payload["error"]
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output, result.output[-3000:]
     assert SECRET not in result.stdout and SECRET not in result.stderr  # a 500 here echoes the key back
 
 

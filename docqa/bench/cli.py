@@ -28,7 +28,8 @@ def _ints(text: str, name: str, low: int, high: int) -> list[int]:
 
 
 # docqa's LLM options that the bench needs, their help worded for its modes.
-_bench_llm_options = llm_options(["model", "base_url", "api_key", "llm_mode", "max_steps", "llm_timeout"], reworded={
+_BENCH_LLM = ["model", "base_url", "api_key", "llm_mode", "fold_system", "max_steps", "llm_timeout"]
+_bench_llm_options = llm_options(_BENCH_LLM, reworded={
     "model": "Chat model for --mode agent/baseline [env DOCQA_MODEL].",
     "base_url": "OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 for a local server "
                 "[env OPENAI_BASE_URL; default OpenAI].",

@@ -253,7 +253,7 @@ def make_client(settings: Settings, model: str | None = None, purpose: str = "th
         raise BenchError(f"{purpose} needs an LLM: pass --model (and --base-url for a local OpenAI-compatible "
                          "server), or set DOCQA_MODEL; --mode ceiling needs none")
     return ChatClient(name, base_url=settings.base_url, api_key=settings.api_key, mode=settings.llm_mode,
-                      timeout=settings.llm_timeout)
+                      timeout=settings.llm_timeout, fold_system=settings.fold_system)
 
 
 def estimate_tokens(text: str) -> int:
