@@ -149,7 +149,11 @@ class Agent:
             self._nudge(alert)
         if self.context.needs_flush():
             evicted = self.context.flush(lambda summary, messages: self._summarize(summary, messages, result))
-            self.on_event("system", {"message": f"evicted {evicted} messages to recall storage; summary updated"})
+            if evicted:
+                self.on_event("system", {"message": f"evicted {evicted} messages to recall storage; summary updated"})
+            if self.context.cut_results:
+                self.on_event("system", {"message": f"cut {self.context.cut_results} function result(s) to fit "
+                                                    "the context window"})
 
     def _nudge(self, text: str) -> None:
         self.context.nudge(text)

@@ -50,6 +50,7 @@ class MainContext:
     fixed_extra_tokens: int = 0  # what is sent beside the messages: the function schemas
     archival_passages: int | None = None  # for the memory statistics; set at each turn's start
     evicted_total: int = 0
+    cut_results: int = 0  # function results cut to fit by the last flush
     # Server-reported size of the last prompt, and how many queue messages it covered.
     _reported: tuple[int, int] | None = None
     _turn_start: int = 0  # index of the current question in the queue
@@ -226,6 +227,7 @@ class MainContext:
     def _cut_unseen_results(self) -> None:
         """Cut the newest unseen function results so that the prompt fits the budget."""
         over = self.tokens() - self.budget()
+        self.cut_results = 0
         for message in reversed(self.queue[self._seen:]):
             if over <= 0:
                 break
@@ -238,6 +240,7 @@ class MainContext:
             cut = text[:keep] + CUT_NOTE.format(kept=f"{keep:,}", total=f"{len(text):,}")
             over -= estimate_tokens(text) - estimate_tokens(cut)
             message["content"] = cut
+            self.cut_results += 1
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self) -> None:

@@ -8,6 +8,7 @@ last fixes every request gets; `to_json_mode` rewrites the history for servers w
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -82,6 +83,7 @@ def for_templates(messages: list[dict[str, Any]], *, fold_system: bool = False) 
     """The messages as strict templates accept them (new dicts; the input is left alone).
 
     - every tool message carries `name`, the function it answers (Hermes/Qwen raise without it);
+    - call ids are 9 letters or digits (Mistral's templates raise on any other), mapped one to one;
     - consecutive user messages are merged into one, so user and assistant alternate;
     - with `fold_system`, the system text goes at the head of the first user message instead, for
       templates that have no system role (Mistral's keeps system text only before the last user message).
@@ -91,10 +93,14 @@ def for_templates(messages: list[dict[str, Any]], *, fold_system: bool = False) 
     for message in messages:
         message = dict(message)
         role = message.get("role")
+        if message.get("tool_calls"):
+            message["tool_calls"] = [{**call, "id": call_id(str(call.get("id")))} for call in message["tool_calls"]]
         for call in message.get("tool_calls") or []:
-            names[str(call.get("id"))] = str((call.get("function") or {}).get("name") or "")
-        if role == "tool" and not message.get("name"):
-            message["name"] = names.get(str(message.get("tool_call_id")), "function")
+            names[call["id"]] = str((call.get("function") or {}).get("name") or "")
+        if role == "tool":
+            message["tool_call_id"] = call_id(str(message.get("tool_call_id")))
+            if not message.get("name"):
+                message["name"] = names.get(message["tool_call_id"], "function")
         if role == "user" and out and out[-1].get("role") == "user":
             joined = f"{message_text(out[-1].get('content'))}\n\n{message_text(message.get('content'))}"
             out[-1] = {**out[-1], "content": joined}
@@ -103,6 +109,13 @@ def for_templates(messages: list[dict[str, Any]], *, fold_system: bool = False) 
     if fold_system:
         out = _fold_system(out)
     return out
+
+
+def call_id(original: str) -> str:
+    """A call id as Mistral's templates demand it (exactly 9 letters or digits), the same for the same id."""
+    if len(original) == 9 and original.isalnum():
+        return original
+    return hashlib.sha256(original.encode()).hexdigest()[:9]
 
 
 def _fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,7 +21,13 @@ status (the error message echoes the request's API key, as leaky servers do, so 
 and 5xx say retry-after-ms: 10 so retries are quick), "hang" (no answer for 5 s), "non_json",
 "empty_choices", "close" (socket closed mid-body), "huge_args" (a 10 MB archival_memory_search call).
 "reject_tools" is not consumed: every request that carries tools gets a 400 saying tools are not supported.
-`add_faults` queues more while the server runs; `.authorizations` holds each request's Authorization header.
+"echo_auth" answers 403 with a message that echoes the request's Authorization header, decoded too if it is
+Basic auth, and the URL it was sent to (as servers that log the request into the error do), so scrubbing of
+URL passwords is tested. `add_faults` queues more while the server runs; `.authorizations` holds each chat
+request's Authorization header, `.get_authorizations` each GET's (the model and window probes).
+
+A policy may raise `ServerReply(status, message)` to answer that HTTP error instead of a completion, e.g. vLLM's
+400 "This model's maximum context length is 2048 tokens. However, you requested 2209 tokens ...".
 
 Server metadata and chat templates (all optional; without them the server behaves as described above):
 
@@ -55,10 +61,18 @@ Policy = Callable[[dict[str, Any]], dict[str, Any]]
 
 HANG_SECONDS = 5.0  # longer than the ~1 s client timeout tests use, short enough never to stall a run
 FAST_RETRY = {"Retry-After": "0", "retry-after-ms": "10"}  # the openai client honours retry-after-ms
-ONE_SHOT_FAULTS = {"hang", "non_json", "empty_choices", "close", "huge_args"}
+ONE_SHOT_FAULTS = {"hang", "non_json", "empty_choices", "close", "huge_args", "echo_auth"}
 RESULT_PREFIX = re.compile(r"^FUNCTION RESULT \(([^)]*)\):\n?")
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 _ids = itertools.count(1)  # deterministic ids make failing tests easier to read
+
+
+class ServerReply(Exception):  # noqa: N818 (an answer, not an error of the server's own)
+    """Raised by a policy: the server answers HTTP `status` with this error `message` (OpenAI's error shape)."""
+
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
 
 
 class FakeLLMServer:
@@ -76,6 +90,7 @@ class FakeLLMServer:
         self.faults = [f for f in faults if f != "reject_tools"]
         self.requests: list[dict[str, Any]] = []
         self.authorizations: list[str] = []  # the Authorization header of each request, in order
+        self.get_authorizations: list[str] = []  # the same for each GET (GET /v1/models, /props ...)
         if template is not None:
             from tests import templates  # only template mode needs jinja2
 
@@ -117,7 +132,8 @@ class FakeLLMServer:
             self._thread.join(timeout=5)
 
     # -- what one request gets -------------------------------------------------------------
-    def _answer(self, body: dict[str, Any], authorization: str) -> tuple[int, dict[str, str], bytes | str]:
+    def _answer(self, body: dict[str, Any], authorization: str,
+                url: str = "") -> tuple[int, dict[str, str], bytes | str]:
         """(status, headers, body) for one chat-completions request; a str body is sent as-is."""
         with self._lock:
             self.requests.append(body)
@@ -145,6 +161,9 @@ class FakeLLMServer:
         if fault and fault.isdigit():  # the message echoes the key, as leaky servers do: the client scrubs it
             key = authorization.removeprefix("Bearer ")
             return _error(int(fault), f"fake server error {fault} (key {key})", "server_error", FAST_RETRY)
+        if fault == "echo_auth":
+            return _error(403, f"not authorised: {authorization} ({_decoded(authorization)}) for {url}",
+                          "authentication_error")
         if fault == "hang":
             self._stop.wait(HANG_SECONDS)
             return 0, {}, b""  # by now the client has given up; send nothing
@@ -161,6 +180,8 @@ class FakeLLMServer:
         else:
             try:
                 response = self.policy(body)
+            except ServerReply as reply:
+                return _error(reply.status, reply.message, reply.kind)
             except Exception as exc:  # a broken policy should fail the test with its own message
                 return _error(500, f"policy raised {type(exc).__name__}: {exc}", "server_error",
                               {"x-should-retry": "false"})
@@ -182,6 +203,8 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            with server._lock:
+                server.get_authorizations.append(self.headers.get("Authorization", ""))
             path = self.path.split("?")[0].rstrip("/")
             if path == "/v1/models":
                 self._send(200, {}, json.dumps({"object": "list", "data": [
@@ -202,7 +225,8 @@ def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 self._send(*_error(400, "request body is not JSON", "invalid_request_error"))
                 return
-            status, headers, payload = server._answer(body, self.headers.get("Authorization", ""))
+            url = f"http://{self.headers.get('Host', '')}{self.path}"
+            status, headers, payload = server._answer(body, self.headers.get("Authorization", ""), url)
             if status == 0:
                 self.close_connection = True
             elif status == -1:  # headers promising a body, half of it, then the socket closes
@@ -239,6 +263,19 @@ def _error(status: int, message: str, kind: str,
            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return status, dict(headers or {}), json.dumps(body).encode()
+
+
+def _decoded(authorization: str) -> str:
+    """What a Basic Authorization header says in clear (user:password), else the header itself."""
+    import base64
+    import binascii
+
+    if not authorization.startswith("Basic "):
+        return authorization
+    try:
+        return base64.b64decode(authorization.removeprefix("Basic ")).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return authorization
 
 
 def _protocol_problem(body: dict[str, Any]) -> str | None:
@@ -348,7 +385,10 @@ def wants_function_call(body: dict[str, Any]) -> bool:
     """Whether the client offered functions, natively or as json mode's instructions (not a summary request)."""
     if "tools" in body:
         return True
-    system = next((m.get("content") or "" for m in body.get("messages", []) if m.get("role") == "system"), "")
+    messages = body.get("messages") or [{}]
+    # The system message, or the first user message when the client folds the system text into it.
+    system = next((m.get("content") or "" for m in messages if m.get("role") == "system"),
+                  messages[0].get("content") or "")
     return '"function"' in system and "FUNCTION RESULT" in system
 
 

@@ -73,9 +73,13 @@ def test_tools_mode_round_trip() -> None:
     assert (reply.prompt_tokens, reply.completion_tokens) == (321, 12)
     assert body["model"] == "fake-model"
     assert body["tools"] == TOOLS and body["tool_choice"] == "auto"
-    # Tools mode sends the history as it is, but names each tool message after its call (Hermes/Qwen need it).
-    assert body["messages"][:3] == HISTORY[:3]
-    assert body["messages"][3] == {**HISTORY[3], "name": "archival_memory_search"}
+    # Tools mode sends the history as it is, but names each tool message after its call (Hermes/Qwen need it)
+    # and gives the call the 9-character id Mistral's templates demand, the same in the call and its result.
+    sent_call = body["messages"][2]["tool_calls"][0]
+    assert len(sent_call["id"]) == 9 and sent_call["id"].isalnum()
+    assert body["messages"][:2] == HISTORY[:2]
+    assert body["messages"][2] == {**HISTORY[2], "tool_calls": [{**HISTORY[2]["tool_calls"][0], "id": sent_call["id"]}]}
+    assert body["messages"][3] == {**HISTORY[3], "name": "archival_memory_search", "tool_call_id": sent_call["id"]}
 
 
 def test_plain_text_reply_and_no_tools_means_plain_chat() -> None:
