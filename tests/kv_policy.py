@@ -1,9 +1,10 @@
 """A competent deterministic nested key-value policy for the fake LLM server.
 
-It reads only the request it receives: the question (for the first key), the function results and the
-summary in the system message (for `key = K, value = V` lines) and its own earlier calls. Asked for a
-summary, it keeps the pairs the evicted messages hold, as a summariser told to keep the task's state does. It searches the current key, follows the value,
-and answers when a search for the current value shows it only as a value, never as a key.
+It reads only the request it receives: the question (for the first key), the function results and
+the summary in the system message (for `key = K, value = V` lines) and its own earlier calls. Asked for a
+summary, it keeps the pairs the evicted messages hold, as a summariser told to keep the task's state
+does. It searches the current key, follows the value, and answers when a search for the current value
+shows it only as a value, never as a key.
 """
 
 from __future__ import annotations
