@@ -181,9 +181,11 @@ class Agent:
         server = exc.server_window
         if server is None or server >= window or self._shrunk:
             said = f"the server's window is {server:,} tokens" if server else "the server did not say its window"
-            raise LLMError(f"{exc}. docqa's window was {window:,} tokens and {said}: set --context-window below the "
-                           "server's window, or start the server with a larger one (llama.cpp -c, vLLM "
-                           "--max-model-len, Ollama num_ctx)") from None
+            assumed = self.settings.context_window
+            ours = f"{assumed:,} tokens" + (f", then {window:,} after the server refused" if window != assumed else "")
+            raise LLMError(f"{exc}. docqa's window was {ours} and {said}: set --context-window below the server's "
+                           "window, or start the server with a larger one (llama.cpp -c, vLLM --max-model-len, "
+                           "Ollama num_ctx)") from None
         self._shrunk = True
         self.context.context_window = server
         self.on_event("system", {"message": f"the server's window is {server:,} tokens, smaller than the "
