@@ -260,4 +260,39 @@ class MainContext:
         if saved is None:
             return cls(system, CoreMemory(), session, sessions, context_window)
         blocks, summary, queue = saved
-        return cls(system, CoreMemory(blocks), session, sessions, context_window, summary, queue)
+        return cls(system, CoreMemory(blocks), session, sessions, context_window, summary, upgraded(queue))
+
+
+LEGACY_NUDGES = ("[system heartbeat]", "[system] You replied", "[system alert]")
+
+
+def upgraded(queue: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A queue saved by docqa 0.1 in today's shape: its reminders were user messages of their own (after a
+    function result, two user turns in a row for some templates) and a reply's calls shared one message."""
+    out: list[dict[str, Any]] = []
+    for message in queue:
+        content = message.get("content") or ""
+        if message["role"] == "user" and content.startswith(LEGACY_NUDGES) and out and out[-1]["role"] == "tool":
+            out[-1] = {**out[-1], "content": f"{out[-1].get('content') or ''}\n\n{content}"}
+            continue
+        calls = message.get("tool_calls") or []
+        if message["role"] == "assistant" and len(calls) > 1:
+            out += [{**message, "content": content if n == 0 else "", "tool_calls": [call]}
+                    for n, call in enumerate(calls)]
+            continue
+        out.append(message)
+    return _pair_results(out)
+
+
+def _pair_results(queue: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put each function result right after the assistant message that made its call."""
+    results = {m.get("tool_call_id"): m for m in queue if m["role"] == "tool"}
+    out: list[dict[str, Any]] = []
+    for message in queue:
+        if message["role"] == "tool":
+            continue
+        out.append(message)
+        for call in message.get("tool_calls") or []:
+            if call.get("id") in results:
+                out.append(results.pop(call["id"]))
+    return out

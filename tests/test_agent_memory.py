@@ -76,3 +76,20 @@ def test_three_hop_chain_that_only_fits_through_eviction(kv_store: tuple[Path, s
     for body in bodies:  # every request the agent made still held the question
         if wants_function_call(body):
             assert any(key in (m.get("content") or "") for m in body["messages"] if m["role"] == "user")
+
+
+def test_a_session_saved_by_the_old_version_is_upgraded_to_the_alternating_shape(tmp_path: Path) -> None:
+    sessions = SessionStore(tmp_path / "s.sqlite3")
+    calls = [{"id": f"c{i}", "type": "function", "function": {"name": "archival_memory_search", "arguments": "{}"}}
+             for i in range(2)]
+    old_queue = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "two at once", "tool_calls": calls},
+                 {"role": "tool", "tool_call_id": "c0", "content": "R0"},
+                 {"role": "tool", "tool_call_id": "c1", "content": "R1"},
+                 {"role": "user", "content": "[system heartbeat] You have not sent the user an answer yet."}]
+    sessions.save("old", {"persona": "p", "human": "h"}, "", old_queue)
+    main = MainContext.open("You are docqa.", "old", sessions, 8192)
+    main.start_turn("NEW question")
+    roles = [m["role"] for m in main.messages()]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"], roles
+    assert main.queue[3]["tool_calls"][0]["id"] == "c1" and main.queue[3]["content"] == ""
+    assert "[system heartbeat]" in main.queue[4]["content"]  # the old reminder, inside the result it followed
