@@ -88,6 +88,8 @@ class Agent:
         self.context.fixed_extra_tokens = estimate_tokens(json.dumps(self.toolbox.schemas))
         self.on_event = on_event or (lambda kind, data: None)
         self._shrunk = False  # the window was cut to what the server said, after it refused a prompt
+        if isinstance(client, ChatClient):
+            client.on_retry = lambda text: self.on_event("request", {"message": text})
 
     def ask(self, question: str) -> AgentResult:
         return self.turn(question)
@@ -163,11 +165,15 @@ class Agent:
         messages = self.context.messages()
         size = f"about {self.context.tokens():,} tokens of {self.context.context_window:,}"
         self.on_event("request", {"message": f"request {result.llm_calls + 1}: {len(messages)} messages, {size}"})
-        result.llm_calls += 1  # counted when sent: a request that fails was still made
         try:
-            reply = self.client.complete(messages, self.toolbox.schemas)
+            reply = self.client.complete(messages, self.toolbox.schemas, max_tokens=self.context.reply_reserve())
         except PromptTooLong as exc:
+            result.llm_calls += self._sent()
             return self._after_overflow(exc, result)
+        except LLMError:
+            result.llm_calls += self._sent()  # a request that failed was still made, retries too
+            raise
+        result.llm_calls += self._sent()
         result.prompt_tokens += reply.prompt_tokens
         result.completion_tokens += reply.completion_tokens
         self.context.note_sent(reply.prompt_tokens)
@@ -187,11 +193,21 @@ class Agent:
                            "window, or start the server with a larger one (llama.cpp -c, vLLM --max-model-len, "
                            "Ollama num_ctx)") from None
         self._shrunk = True
-        self.context.context_window = server
-        self.on_event("system", {"message": f"the server's window is {server:,} tokens, smaller than the "
-                                            f"{window:,} assumed: evicting to fit, then asking again"})
+        # Shrink to the server's window in docqa's own estimate: when the server counted more tokens than
+        # docqa estimated for this prompt (another tokenizer), the estimate is scaled down to match, with 5% spare.
+        estimated = self.context.tokens()
+        scale = exc.requested / estimated if exc.requested and estimated and exc.requested > estimated else 1.0
+        self.context.context_window = int(server / scale * (0.95 if scale > 1 else 1.0))
+        counted = f"; it counted {exc.requested:,} tokens where docqa estimated {estimated:,}" if exc.requested else ""
+        self.on_event("system", {"message": f"the server's window is {server:,} tokens, smaller than the {window:,} "
+                                            f"assumed{counted}: evicting to fit, then asking again"})
         self._manage_memory(result)
-        self.context.check_fits()
+        try:
+            self.context.check_fits()
+        except ContextError as too_small:
+            raise LLMError(f"{exc}. docqa's window was {self.settings.context_window:,} tokens and the server's is "
+                           f"{server:,}, too small for this prompt ({too_small}): start the server with a larger "
+                           "window (llama.cpp -c, vLLM --max-model-len, Ollama num_ctx)") from None
         return self._call_llm(result)
 
     def _run_functions(self, reply: Reply, result: AgentResult) -> bool:
@@ -220,15 +236,21 @@ class Agent:
     def _summarize(self, previous: str, evicted: list[dict[str, Any]], result: AgentResult) -> str:
         """The recursive summary: the LLM merges the old summary with the evicted messages."""
         budget = int(self.context.context_window * 2)  # characters, about half the window in tokens
-        result.llm_calls += 1
         try:
-            reply = self.client.complete(summary_request(previous, evicted, budget), None)
+            reply = self.client.complete(summary_request(previous, evicted, budget), None,
+                                         max_tokens=self.context.reply_reserve())
         except LLMError as exc:
+            result.llm_calls += self._sent()
             self.on_event("system", {"message": f"summary failed ({exc}); kept a plain excerpt instead"})
             return (previous + "\n" + quote_messages(evicted, 1000)).strip()[-2000:]
+        result.llm_calls += self._sent()
         result.prompt_tokens += reply.prompt_tokens
         result.completion_tokens += reply.completion_tokens
         return (reply.content or "").strip()[:4000] or previous
+
+    def _sent(self) -> int:
+        """HTTP requests the last LLM call made (at least one; retries are counted too)."""
+        return max(1, int(getattr(self.client, "attempts", 1) or 1))
 
     def _archival_passages(self) -> int | None:
         try:

@@ -132,9 +132,13 @@ class MainContext:
         if prompt_tokens is not None:
             self._reported = (prompt_tokens, len(self.queue))
 
+    def reply_reserve(self) -> int:
+        """Tokens of the window kept for the model's reply (and the most it is asked to write)."""
+        return min(REPLY_RESERVE_MAX, int(self.context_window * REPLY_RESERVE_FRACTION))
+
     def budget(self) -> int:
         """Tokens the prompt may use: the window less room for the model's reply."""
-        return self.context_window - min(REPLY_RESERVE_MAX, int(self.context_window * REPLY_RESERVE_FRACTION))
+        return self.context_window - self.reply_reserve()
 
     def fixed_tokens(self) -> int:
         """What no eviction can shrink: the system message and the function schemas."""

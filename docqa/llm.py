@@ -21,6 +21,7 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -59,11 +60,13 @@ class LLMError(Exception):
 
 
 class PromptTooLong(LLMError):
-    """The server refused the prompt as longer than its window; `server_window` is its size if it said."""
+    """The server refused the prompt as longer than its window; `server_window` is its size and `requested`
+    its count of the prompt's tokens, where it said."""
 
-    def __init__(self, message: str, server_window: int | None = None) -> None:
+    def __init__(self, message: str, server_window: int | None = None, requested: int | None = None) -> None:
         super().__init__(message)
         self.server_window = server_window
+        self.requested = requested
 
 
 def estimate_tokens(text: str) -> int:
@@ -111,6 +114,9 @@ class ChatClient:
         self.mode = mode
         self.fold_system = fold_system  # system text into the first user message, for templates without one
         self.notices: list[str] = []  # things the user should know about how requests are sent
+        self._max_tokens: int | None = None
+        self.attempts = 0  # HTTP requests the last `complete` sent (the openai client retries some failures)
+        self.on_retry: Callable[[str], None] | None = None  # told when a request is sent again
         credentials: list[str] = []
         if client is None:
             base_url = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
@@ -128,8 +134,9 @@ class ChatClient:
                                         "Basic auth and does not send the API key; take them out of the URL to "
                                         "send the key instead")
             try:
+                http = openai.DefaultHttpxClient(event_hooks={"request": [self._counted]})
                 client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries,
-                                       default_headers=headers or None)
+                                       default_headers=headers or None, http_client=http)
             except openai.OpenAIError as exc:
                 raise LLMError(f"cannot set up the LLM client ({_one_line(str(exc))}): check --base-url") from None
         self._client = client
@@ -141,9 +148,16 @@ class ChatClient:
         self.max_retries = int(getattr(client, "max_retries", max_retries))
 
     # -- the one public call -------------------------------------------------------------------
-    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Reply:
-        """Ask the model for its next message; `tools` are OpenAI tool schemas (None: plain chat)."""
+    def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                 max_tokens: int | None = None) -> Reply:
+        """Ask the model for its next message; `tools` are OpenAI tool schemas (None: plain chat).
+
+        `max_tokens` caps the reply on self-hosted servers, which otherwise generate until their window is
+        full (llama.cpp's does); OpenAI's own API is left to its defaults, as its newer models refuse the field.
+        """
         tools = tools or None
+        self.attempts = 0
+        self._max_tokens = max_tokens if max_tokens and "api.openai.com" not in self.base_url else None
         messages = for_templates(messages, fold_system=self.fold_system)
         if self.mode == "json":
             return self._complete_json(messages, tools)
@@ -158,6 +172,13 @@ class ChatClient:
         if tools and self.mode == "auto":
             self.mode = "tools"
         return reply
+
+    def _counted(self, request: Any) -> None:
+        """httpx's hook for every request sent: count it, and say so when it is a retry."""
+        self.attempts += 1
+        if self.attempts > 1 and self.on_retry is not None:
+            self.on_retry(f"sending the request again (attempt {self.attempts}): the server refused the last one, "
+                          f"failed, or gave no answer within {self.timeout:g} s")
 
     # -- the two modes ---------------------------------------------------------------------------
     def _complete_tools(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Reply:
@@ -195,6 +216,8 @@ class ChatClient:
     def _send(self, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """POST one request (the openai client retries transient failures); (message, usage) of the answer."""
         try:
+            if self._max_tokens:
+                payload = {**payload, "max_tokens": self._max_tokens}
             raw = self._client.chat.completions.with_raw_response.create(model=self.model, **payload)
             text = raw.http_response.text
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
@@ -255,7 +278,8 @@ class ChatClient:
                                    "check the server's log, then try again")
             if _too_long(detail, exc.body):
                 return self._error(f"the LLM server at {url} rejected the prompt as too long for its context window "
-                                   f"(HTTP {status}: {detail})", PromptTooLong, _server_window(detail, exc.body))
+                                   f"(HTTP {status}: {detail})", PromptTooLong, _server_window(detail, exc.body),
+                                   _first_number(_REQUESTED, detail, exc.body))
             hint = " or --llm-mode json" if self.mode != "json" else ""
             return self._error(f"the LLM server at {url} rejected the request (HTTP {status}: {detail}): "
                                f"check --model{hint}; a smaller --context-window helps if the prompt is too long")
@@ -267,11 +291,12 @@ class ChatClient:
         return self._error(f"the LLM server at {self.base_url} sent an unusable response: {detail} — "
                            "check that --base-url points at an OpenAI-compatible /v1 API")
 
-    def _error(self, text: str, kind: type[LLMError] | None = None, server_window: int | None = None) -> LLMError:
+    def _error(self, text: str, kind: type[LLMError] | None = None, server_window: int | None = None,
+               requested: int | None = None) -> LLMError:
         """An LLMError with the credentials scrubbed out, whatever the server echoed back."""
         text = self.scrub(text)
         if kind is PromptTooLong:
-            return PromptTooLong(_one_line(text), server_window)
+            return PromptTooLong(_one_line(text), server_window, requested)
         return (kind or LLMError)(_one_line(text))
 
     def scrub(self, text: str) -> str:
@@ -398,9 +423,19 @@ def _too_long(detail: str, body: object) -> bool:
     return bool(_TOO_LONG.search(detail) or _TOO_LONG.search(json.dumps(body, default=str)))
 
 
+# Where they say how many tokens the refused prompt had (vLLM/OpenAI, llama-cpp-python, llama.cpp, TGI).
+_REQUESTED = [re.compile(p, re.IGNORECASE) for p in (
+    r"you requested (\d+) tokens", r"your messages resulted in (\d+) tokens", r"requested tokens \((\d+)\)",
+    r'"n_prompt_tokens"\s*:\s*(\d+)', r"given: (\d+) `inputs` tokens", r"request has (\d+) input tokens")]
+
+
 def _server_window(detail: str, body: object) -> int | None:
+    return _first_number(_WINDOW, detail, body)
+
+
+def _first_number(patterns: list[re.Pattern[str]], detail: str, body: object) -> int | None:
     text = f"{detail} {json.dumps(body, default=str)}"
-    for pattern in _WINDOW:
+    for pattern in patterns:
         match = pattern.search(text)
         if match:
             return int(match.group(1))

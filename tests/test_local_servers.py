@@ -163,7 +163,8 @@ def test_a_server_that_keeps_refusing_gets_one_line_naming_both_windows(kv: tupl
         result = ask(server, store, kv_question(key), "--context-window", 8192)
         bodies = chat_requests(server)
     assert result.exit_code == 1
-    assert len(bodies) == len(refused) == 2, "docqa should retry once after shrinking, then stop"
+    # docqa shrinks once and asks again, or stops at once when even the fixed prompt cannot fit what is left
+    assert len(bodies) == len(refused) in (1, 2), "docqa should retry at most once after shrinking, then stop"
     [line] = error_lines(result.stderr)
     assert "8,192" in line, f"docqa's own window (--context-window 8192) is not named: {line}"
     assert "2,048" in line  # the server's
