@@ -1,0 +1,107 @@
+"""docqa as a library: a store you ingest into, search, and ask questions of.
+
+    import docqa
+
+    store = docqa.open_store("my-store")                     # a local directory (created on first ingest)
+    report = store.ingest(["report.pdf", "notes/"])            # what went in, what failed and why
+    page = store.search("error code E1234")                    # page 0 of the hybrid ranking, 5 hits
+    answer = store.ask("What did the audit conclude?", model="llama3.1", base_url="http://localhost:11434/v1")
+
+Settings are keyword arguments with the command line's defaults. Nothing here reads environment variables:
+pass the model, URL and key yourself (the `docqa` command reads DOCQA_* and OPENAI_* for you).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from docqa.settings import Settings
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+class Store:
+    """Archival memory: one store directory (or Chroma server collection) and what it holds."""
+
+    def __init__(self, settings: Settings) -> None:
+        from docqa.store import ArchivalStore
+
+        self.settings = settings
+        self._archive = ArchivalStore(settings)
+
+    def ingest(self, paths: Iterable[str | Path], *, on_notice: Callable[[str], None] | None = None) -> Any:
+        """Add files and directories (recursively); returns the IngestReport (counts, failures, reasons).
+
+        Unchanged files are skipped; a bad file is reported through `on_notice` and in the report, and the
+        others still go in.
+        """
+        from docqa.ingest import Ingestor
+
+        notes: list[str] = []
+        ingestor = Ingestor(self._archive, progress=False, notice=on_notice or notes.append)
+        return ingestor.run([Path(p).expanduser() for p in paths])
+
+    def search(self, query: str, page: int = 0, page_size: int = 5, mode: str = "hybrid") -> Any:
+        """One page of results (a SearchPage: `.hits`, `.total`, `.num_pages`, `.format()`), 0-based pages.
+
+        `mode`: "hybrid" (meaning and exact words), "dense" or "lexical".
+        """
+        return self._archive.search(query, page=page, page_size=page_size, mode=mode)
+
+    def delete(self, paths: Iterable[str | Path]) -> tuple[list[str], list[str]]:
+        """Remove documents (or every document under a directory); (removed sources, paths not in the store)."""
+        from docqa.ingest import delete_paths
+
+        return delete_paths(self._archive, [Path(p).expanduser() for p in paths])
+
+    def documents(self) -> list[Any]:
+        """What the store holds: one row per document (`.source`, `.pages`, `.chunks`, `.file_hash`)."""
+        return self._archive.documents()
+
+    def ask(self, question: str, *, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
+            client: Any = None, llm_mode: str = "auto", context_window: int = 8192, max_steps: int = 20,
+            llm_timeout: float = 120.0, fold_system: bool = False, session: str | None = None) -> Any:
+        """Answer `question` with the MemGPT agent; returns an AgentResult (`.answer`, `.status`, `.citations`,
+        `.steps`, `.llm_calls`, `.error`). The status is "answered", "step_limit" or "error"; nothing raises.
+
+        Give `model` and `base_url` (any OpenAI-compatible server; `api_key` for OpenAI itself), or a ready
+        `docqa.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's sessions file.
+        """
+        from docqa.agent import Agent
+        from docqa.llm import PLACEHOLDER_KEY, ChatClient
+        from docqa.memory import SessionStore
+
+        from docqa.agent import AgentResult
+        from docqa.llm import LLMError
+
+        if client is None and not (api_key or base_url):
+            return AgentResult(answer="", status="error", error="no API key: pass api_key=... for OpenAI, or "
+                               "base_url=... for a local OpenAI-compatible server")
+        if client is None:
+            url = base_url or OPENAI_URL
+            key = api_key or (PLACEHOLDER_KEY if base_url else "")
+            try:
+                client = ChatClient(model or "", base_url=url, api_key=key, mode=llm_mode, timeout=llm_timeout,
+                                    fold_system=fold_system)
+            except LLMError as exc:
+                return AgentResult(answer="", status="error", error=str(exc))
+        settings = self.settings.with_(context_window=context_window, max_steps=max_steps)
+        sessions = SessionStore(settings.store_dir / "sessions.sqlite3") if session else None
+        agent = Agent(settings, self._archive, client, session=session or "ask", sessions=sessions)
+        return agent.ask(question)
+
+
+def open_store(path: str | Path | None = None, *, chroma_url: str | None = None, collection: str = "docqa",
+               embedding_model: str | None = None, embedding_backend: str = "torch", chunk_tokens: int = 200,
+               overlap_tokens: int = 40, batch_size: int = 32) -> Store:
+    """A store in directory `path` (the per-user data directory if None), or in a Chroma server at `chroma_url`."""
+    from docqa.settings import DEFAULT_EMBEDDING_MODEL, default_store_dir
+
+    store_dir = Path(path).expanduser() if path is not None else default_store_dir()
+    settings = Settings(store_dir=store_dir, collection=collection, chroma_url=chroma_url,
+                        embedding_model=embedding_model or DEFAULT_EMBEDDING_MODEL,
+                        embedding_backend=embedding_backend, chunk_tokens=chunk_tokens,
+                        overlap_tokens=overlap_tokens, batch_size=batch_size)
+    return Store(settings)
