@@ -205,11 +205,12 @@ def test_notes_an_agent_inserts_never_reach_the_next_sample(tmp_path: Path, kv_s
 
 
 def test_nested_kv_baseline_sends_the_pairs_as_json(tmp_path: Path) -> None:
+    """With a window the 140 pairs fit in, every pair is sent and the chain can be followed."""
     with FakeLLMServer(kv_baseline_policy) as server:
-        summary = run_json("nested-kv", "--mode", "baseline", "--levels", "0,3", "--samples", 2,
-                           "--out", tmp_path, "--model", "fake", "--base-url", server.base_url, "--api-key", "x")
+        summary = run_json("nested-kv", "--mode", "baseline", "--levels", "0,3", "--samples", 2, "--context-window",
+                           16384, "--out", tmp_path, "--model", "fake", "--base-url", server.base_url, "--api-key", "x")
     assert summary["accuracy"] == 1.0
-    assert all(r["llm_calls"] == 1 for r in rows(tmp_path))
+    assert all(r["llm_calls"] == 1 and r["pairs_kept"] == 140 and r["gold_survived"] for r in rows(tmp_path))
 
 
 def test_llm_modes_without_a_model_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,12 +256,13 @@ def test_doc_qa_ceiling_reports_recall_on_all_questions(tmp_path: Path) -> None:
     assert summary["questions"] == 5
     assert summary["corpus_passages"] == 11  # 5 gold + 5 distractors + 1 shared, stored once
     assert summary["recall_hybrid"]["1"] == 1.0 and summary["recall_hybrid_all_pages"] == 1.0
-    assert summary["answer_in_context"] == {"1": 1.0, "2": 1.0, "5": 1.0}
+    assert summary["survival"]["gold_kept"] == {"1": 1.0, "2": 1.0, "5": 1.0}
+    assert summary["survival"]["gold_intact"] == {"1": 1.0, "2": 1.0, "5": 1.0}
     assert {r["rank_hybrid"] for r in rows(out)} == {1}
     assert_outputs(out, "ceiling")
     table = run_bench("doc-qa", "--mode", "ceiling", "--data", data, "--questions", "all", "--k", "1,2,5",
                       "--out", out, "--quiet")
-    assert "recall@K hybrid" in table.stdout and "all pages" in table.stdout
+    assert "recall hybrid" in table.stdout and "gold kept" in table.stdout and "all pages" in table.stdout
 
 
 def test_doc_qa_baseline_and_agent_answer_from_the_corpus(tmp_path: Path) -> None:
@@ -286,7 +288,8 @@ def test_doc_qa_truncation_starves_the_baseline(tmp_path: Path) -> None:
         summary = run_json("doc-qa", "--mode", "baseline", "--data", data, "--questions", 2, "--k", "1",
                            "--context-window", 1024, "--out", tmp_path / "out", "--model", "fake",
                            "--base-url", server.base_url, "--api-key", "x")
-    assert summary["by_k"]["1"]["accuracy"] == 0.0 and summary["by_k"]["1"]["answer_in_context"] == 0.0
+    assert summary["by_k"]["1"]["accuracy"] == 0.0 and summary["by_k"]["1"]["gold_kept"] == 0.0
+    assert summary["by_k"]["1"]["gold_retrieved"] == 1.0  # retrieved, then cut away
 
 
 def test_doc_qa_judge_decides_what_string_match_cannot(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from docqa.bench.common import MODES
+from docqa.bench.common import MODES, SCORING_HELP, SCORINGS
 from docqa.cli_shared import friendly, llm_options, with_options
 
 MODE_HELP = ("agent: the docqa agent pages through archival memory; baseline: one fixed-context prompt; "
@@ -52,6 +53,17 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return _bench_llm_options(with_options(command, options))
 
 
+def _finish(summary: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    """Print the result; exit 1 with a one-line reason when the run stopped early or any sample errored."""
+    from docqa.bench.common import failure_reason
+
+    click.echo(json.dumps(summary, indent=2) if as_json else render(summary))
+    reason = failure_reason(summary)
+    if reason:
+        click.echo(f"docqa: error: {reason}", err=True)
+        sys.exit(1)
+
+
 def _settings(out: Path, store_dir: Path | None = None, **flags: Any) -> Any:
     from docqa.settings import resolve
 
@@ -79,25 +91,31 @@ def bench() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory [default bench-out/nested-kv-<mode>].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="The nested_kv data (140 pairs and orderings files) [default: the shipped data/nested_kv].")
+              help="The nested_kv data (140 pairs and orderings files) [default: the data shipped in the package].")
+@click.option("--context-window", type=click.IntRange(min=1024),
+              help="Tokens the baseline prompt must fit in: pairs are dropped from the end until it does, the "
+              "question kept; the server's own window caps it when it says one [env DOCQA_CONTEXT_WINDOW; "
+              "default 8192].")
+@click.option("--scoring", type=click.Choice(SCORINGS), default="substring", show_default=True, help=SCORING_HELP)
 @run_options
 @friendly
-def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: Path | None, as_json: bool,
-              quiet: bool, **flags: Any) -> None:
+def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: Path | None,
+              context_window: int | None, scoring: str, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Nested key-value retrieval (the paper's Figure 7): 140 UUID pairs, one per archival passage.
 
     Writes results.jsonl, summary.json and accuracy.png (accuracy per nesting level; sibling runs in the
-    same parent directory, e.g. other modes, are drawn too).
+    same parent directory, e.g. other modes, are drawn too). Exits 1 when any sample failed at the LLM
+    endpoint (summary and table are still written; a re-run retries them); stops after 3 such failures in a row.
     """
     from docqa.bench import nested_kv as task
     from docqa.bench.report import render_nested_kv
 
     out = out or Path("bench-out") / f"nested-kv-{mode}"
     config = task.Config(levels=_ints(levels, "--levels", 0, task.MAX_LEVEL), samples=samples, mode=mode, out=out,
-                         data_dir=data_dir or task.DEFAULT_DATA_DIR, settings=_settings(out, **flags),
-                         progress=not quiet)
-    summary = task.run(config)
-    click.echo(json.dumps(summary, indent=2) if as_json else render_nested_kv(summary))
+                         data_dir=data_dir or task.DEFAULT_DATA_DIR,
+                         settings=_settings(out, context_window=context_window, **flags), progress=not quiet,
+                         scoring=scoring)
+    _finish(task.run(config), as_json, render_nested_kv)
 
 
 @bench.command(name="doc-qa")
@@ -106,6 +124,12 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
 @click.option("--questions", default="50", show_default=True,
               help="Questions to sample, or 'all' (the paper sampled 50).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling questions.")
+@click.option("--split", type=click.Choice(["all", "dev", "test"]), default="all", show_default=True,
+              help="Sample from one half of the committed dev/test split of the shipped NQ questions: tune on dev, "
+              "report on test.")
+@click.option("--scoring", type=click.Choice(SCORINGS), default="substring", show_default=True,
+              help=SCORING_HELP.replace("is the expected value alone", "(its ANSWER field) equals an answer")
+              + " The judge only serves substring.")
 @click.option("--mode", type=click.Choice(MODES), default="agent", show_default=True, help=MODE_HELP)
 @click.option("--k", "ks", default="1,2,5,10,20,50,100,200", show_default=True,
               help="Documents in the baseline's prompt, comma-separated (also the Ks of the ceiling table).")
@@ -120,13 +144,14 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
               help="Output directory [default bench-out/doc-qa-<mode>].")
 @run_options
 @friendly
-def doc_qa(data: Path | None, questions: str, seed: int, mode: str, ks: str, context_window: int | None,
-           prompt_style: str,
+def doc_qa(data: Path | None, questions: str, seed: int, split: str, scoring: str, mode: str, ks: str,
+           context_window: int | None, prompt_style: str,
            judge_model: str | None, out: Path | None, as_json: bool, quiet: bool, **flags: Any) -> None:
     """Document QA (the paper's Figure 5): NaturalQuestions-Open over a corpus in archival memory.
 
     The corpus is every passage of the data file. Writes results.jsonl, summary.json and accuracy.png
-    (baseline accuracy vs K, the agent as a level line, the retriever's recall@K; sibling runs too).
+    (baseline accuracy vs K, the agent as a level line, the retriever's recall@K; sibling runs too). Exits 1
+    when any question failed at the LLM endpoint; stops after 3 such failures in a row.
     """
     from docqa.bench import doc_qa as task
     from docqa.bench.report import render_doc_qa
@@ -144,6 +169,6 @@ def doc_qa(data: Path | None, questions: str, seed: int, mode: str, ks: str, con
     settings = _settings(out, context_window=context_window, **flags)
     config = task.Config(data=data or task.DEFAULT_DATA, questions=count, seed=seed, mode=mode,
                          ks=_ints(ks, "--k", 1, settings.search_depth), out=out, settings=settings,
-                         judge_model=judge_model, prompt_style=prompt_style, progress=not quiet)
-    summary = task.run(config)
-    click.echo(json.dumps(summary, indent=2) if as_json else render_doc_qa(summary))
+                         judge_model=judge_model, prompt_style=prompt_style, progress=not quiet, scoring=scoring,
+                         split=split)
+    _finish(task.run(config), as_json, render_doc_qa)

@@ -86,23 +86,64 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 class FailureGuard:
-    """Stops a run early when the LLM fails on every sample: a wrong URL or key, not a hard sample."""
+    """Stops a run after MAX_FAILURES_IN_A_ROW samples in a row failed at the endpoint, at any point of the run.
+
+    Each failed sample is one failed request of the bench (after the client's own retries of transient
+    faults): a dead server, a wrong URL or key, or a server that errors on everything. The run then stops,
+    writes its summary and exits non-zero; finished samples are kept and a re-run retries the failed ones.
+    """
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
         self.in_a_row = 0
-        self.any_success = False
+        self.stopped: str | None = None  # why the run stopped early, once it has
 
-    def record(self, status: str, error: str | None) -> None:
+    def record(self, status: str, error: str | None) -> bool:
+        """Count one finished sample; True when the run must stop now."""
         if status != "error":
-            self.any_success, self.in_a_row = True, 0
-            return
+            self.in_a_row = 0
+            return False
         self.in_a_row += 1
-        if not self.any_success and self.in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise BenchError(
-                f"the LLM failed on the first {self.in_a_row} samples ({error}); check --model, --base-url and "
-                f"--api-key, then run the same command again: finished samples are kept in {self.log_path}"
-            )
+        if self.in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self.stopped = (f"stopped after {self.in_a_row} failed requests in a row ({error}); check --model, "
+                            f"--base-url and --api-key, then run the same command again: finished samples are kept "
+                            f"in {self.log_path}")
+            return True
+        return False
+
+
+def failure_reason(summary: dict[str, Any]) -> str | None:
+    """The one line a bench prints on stderr before exiting 1: it stopped early, or some samples errored.
+
+    Errors are endpoint failures (the LLM did not answer), never wrong answers; they are counted apart
+    in the table and summary.json, and a re-run of the same command retries exactly those samples.
+    """
+    if summary.get("stopped"):
+        return str(summary["stopped"])
+    errors = int(summary.get("errors") or 0)
+    if errors:
+        first = summary.get("first_error") or "see results.jsonl"
+        return (f"{errors} of {summary.get('n', '?')} samples failed at the LLM endpoint (first: {first}); they "
+                f"count as errors, not as wrong answers: run the same command again to retry them")
+    return None
+
+
+def fit_window(settings: Settings) -> tuple[Settings, str | None]:
+    """`settings` with the context window capped by what the LLM server says it runs (with --base-url).
+
+    The baseline prompt is cut to this window, so a server that runs 8,192 tokens gets a prompt that fits
+    even when --context-window was left at a larger default. Returns the note to show, if any.
+    """
+    if not settings.base_url:
+        return settings, None
+    from docqa.server_info import probe_server
+
+    info = probe_server(settings.base_url, settings.model, settings.api_key, timeout=min(5.0, settings.llm_timeout))
+    if info.context_window and info.context_window < settings.context_window:
+        note = (f"context window: {info.context_window:,} tokens, from the server ({info.window_source}); "
+                f"--context-window is {settings.context_window:,}")
+        return settings.with_(context_window=info.context_window), note
+    return settings, None
 
 
 # -- embeddings -------------------------------------------------------------------------------------
@@ -186,6 +227,46 @@ def best_subspan_em(prediction: str, ground_truths: Sequence[str]) -> bool:
     return any(normalize_answer(truth) in normalized for truth in ground_truths)
 
 
+SCORINGS = ("substring", "strict")
+SCORING_HELP = ("substring (the papers' rule, lost-in-the-middle's best_subspan_em: the expected answer occurs "
+                "anywhere in the reply, so a reply that lists many candidates counts) or strict (the reply's answer "
+                "is the expected value alone, ignoring case and punctuation). Both are always recorded; this picks "
+                "the headline accuracy.")
+
+
+def strict_value(answer: str, expected: str) -> bool:
+    """Nested KV's strict rule: the reply is the expected value alone, ignoring case, punctuation and spaces."""
+    def bare(text: str) -> str:
+        return "".join(ch for ch in text.lower() if ch not in _PUNCTUATION and not ch.isspace())
+
+    return bool(expected) and bare(answer) == bare(expected)
+
+
+_ANSWER_FIELD = re.compile(r"ANSWER\s*:\s*(.*?)(?:,?\s*DOCUMENT\s*:|$)", re.IGNORECASE | re.DOTALL)
+
+
+def answer_field(reply: str) -> str:
+    """The answer a doc-QA reply gives: its ANSWER field in the paper's 'ANSWER: ..., DOCUMENT: ...' format,
+    else its first line (lost-in-the-middle's prompt asks for the answer alone)."""
+    match = _ANSWER_FIELD.search(reply)
+    if match:
+        return match.group(1).strip()
+    lines = [line for line in reply.strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def exact_match(reply: str, ground_truths: Sequence[str]) -> bool:
+    """Doc-QA's strict rule: the normalised answer field equals some normalised gold answer (SQuAD EM)."""
+    answer = normalize_answer(answer_field(reply))
+    return bool(answer) and any(answer == normalize_answer(truth) for truth in ground_truths)
+
+
+def contains_words(text: str, answers: Sequence[str]) -> bool:
+    """Some normalised answer occurs in the normalised text as whole words ("one" is not in "none")."""
+    padded = f" {normalize_answer(text)} "
+    return any(f" {normalize_answer(a)} " in padded for a in answers if normalize_answer(a))
+
+
 # The paper's judge prompt, verbatim from MemGPT paper_experiments/doc_qa_task/llm_judge_doc_qa.py.
 EVAL_PROMPT = """
     Your task is to evaluate whether an LLM correct answered a question.
@@ -217,12 +298,14 @@ def judge(client: Any, question: str, answers: list[str], response: str) -> bool
 def score(row: dict[str, Any], answers: list[str], judge_client: Any | None, judge_model: str | None) -> bool:
     """String match first (lost-in-the-middle's best_subspan_em); the judge decides what it cannot.
 
-    Returns whether the row changed (a new verdict was added)."""
+    `correct` is the paper's verdict (substring, then judge); `strict` is normalised exact match of the
+    reply's answer field, which no judge overrides. Returns whether the row changed (a new verdict was added)."""
     if row.get("status") == "error":
-        row.update(correct=False, judged_by=None)
+        row.update(correct=False, judged_by=None, strict=False)
         return False
     answer = row.get("answer") or ""
     row["em"] = best_subspan_em(answer, answers)
+    row["strict"] = exact_match(answer, answers)
     if row["em"] or INSUFFICIENT in answer or not answer.strip():
         row.update(correct=row["em"], judged_by="match")
         return False
@@ -254,6 +337,16 @@ def make_client(settings: Settings, model: str | None = None, purpose: str = "th
                          "server), or set DOCQA_MODEL; --mode ceiling needs none")
     return ChatClient(name, base_url=settings.base_url, api_key=settings.api_key, mode=settings.llm_mode,
                       timeout=settings.llm_timeout, fold_system=settings.fold_system)
+
+
+def estimate_uuid_tokens(text: str) -> int:
+    """An upper bound on the tokens of ASCII text dense with UUIDs: one per character.
+
+    BPE tokenizers split hex UUIDs almost character by character: llama.cpp counted the 140-pair nested-KV
+    prompt (11,696 characters) as about 11,800 tokens, where the four-characters-a-token estimate says 2,924.
+    A token is at least one byte, so the character count bounds the prompt's tokens (its chat template's few
+    tokens are covered by the answer reserve)."""
+    return len(text.encode("utf-8"))
 
 
 def estimate_tokens(text: str) -> int:

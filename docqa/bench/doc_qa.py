@@ -27,9 +27,11 @@ from docqa.bench.common import (
     best_subspan_em,
     brief_steps,
     chunk_texts,
+    contains_words,
     count_searches,
     embedding_fingerprint,
     estimate_tokens,
+    fit_window,
     make_client,
     prune,
     score,
@@ -41,7 +43,11 @@ from docqa.bench.common import (
 from docqa.bench.report import plot_doc_qa, summarize_doc_qa
 from docqa.settings import Settings
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "nq_open" / "nq-open-oracle.jsonl.gz"
+DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "nq_open" / "nq-open-oracle.jsonl.gz"
+# The fixed dev/test halves of the shipped questions (make_split, seed 14): tune on dev, report on test.
+SPLIT_FILE = DEFAULT_DATA.parent / "nq-open-oracle.split.json"
+SPLIT_SEED = 14
+SPLITS = ("all", "dev", "test")
 DEFAULT_KS = (1, 2, 5, 10, 20, 50, 100, 200)
 ANSWER_RESERVE = 1000  # tokens the paper's baseline kept free for the answer (its "padding")
 
@@ -142,12 +148,45 @@ def load_dataset(path: Path) -> Dataset:
     return Dataset(path, hashlib.sha256(raw).hexdigest()[:10], questions, passages)
 
 
-def sample_questions(dataset: Dataset, count: int | None, seed: int) -> list[Question]:
-    """`count` questions drawn with `seed` (in file order), or all of them when count is None."""
-    if count is None or count >= len(dataset.questions):
-        return list(dataset.questions)
-    chosen = sorted(random.Random(seed).sample(range(len(dataset.questions)), count))
-    return [dataset.questions[i] for i in chosen]
+def make_split(count: int, seed: int = SPLIT_SEED) -> dict[str, list[int]]:
+    """Question indices 0..count-1 shuffled with `seed` and halved: dev (the smaller half when odd), test."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    half = count // 2
+    return {"dev": sorted(order[:half]), "test": sorted(order[half:])}
+
+
+def load_split(dataset: Dataset, path: Path = SPLIT_FILE) -> dict[str, list[int]] | None:
+    """The committed dev/test split, when `dataset` is the file it was made for (same fingerprint), else None."""
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(split, dict) or split.get("data_fingerprint") != dataset.fingerprint:
+        return None
+    return {"dev": [int(i) for i in split["dev"]], "test": [int(i) for i in split["test"]]}
+
+
+def split_of(dataset: Dataset) -> dict[int, str]:
+    """Question index -> "dev" or "test" under the committed split, or {} for another data file."""
+    split = load_split(dataset)
+    return {i: half for half in ("dev", "test") for i in (split or {}).get(half, [])}
+
+
+def sample_questions(dataset: Dataset, count: int | None, seed: int, split: str = "all") -> list[Question]:
+    """`count` questions drawn with `seed` (in file order) from one half of the split or all, or all of them
+    when count is None."""
+    pool = list(dataset.questions)
+    if split != "all":
+        halves = load_split(dataset)
+        if halves is None:
+            raise BenchError(f"--split {split} needs the committed split of the shipped NQ file ({SPLIT_FILE.name}); "
+                             f"{dataset.path} is another file: use --split all")
+        pool = [dataset.questions[i] for i in halves[split]]
+    if count is None or count >= len(pool):
+        return pool
+    chosen = sorted(random.Random(seed).sample(range(len(pool)), count))
+    return [pool[i] for i in chosen]
 
 
 # -- the corpus store -------------------------------------------------------------------------------
@@ -210,8 +249,8 @@ def gold_rank(ranking: list[int], gold: list[int]) -> int | None:
 
 
 # -- prompts ----------------------------------------------------------------------------------------
-def baseline_prompt(question: str, documents: list[Passage], context_window: int, style: str = "paper") -> str:
-    """The fixed-context prompt with the top documents, each cut to an equal share of the window.
+def cut_documents(question: str, documents: list[Passage], context_window: int, style: str = "paper") -> list[str]:
+    """The top documents as the baseline prompt holds them, each cut to an equal share of the window.
 
     As in the paper's baseline, every document gets (window - prompt - answer reserve) / K tokens, so the
     more documents, the less of each survives. (The paper's code measured that share in tokens but cut
@@ -223,11 +262,45 @@ def baseline_prompt(question: str, documents: list[Passage], context_window: int
         frame = "\n".join([BASELINE_PROMPT, "\n", "", "\n", f"Question: {question}"])
     share = (context_window - estimate_tokens(frame) - ANSWER_RESERVE) // max(len(documents), 1)
     if style == "litm":
-        lines = [truncate_tokens(f"Document [{n}](Title: {d.title}) {d.text}", share)
-                 for n, d in enumerate(documents, start=1)]
-        return LITM_PROMPT.format(search_results="\n".join(lines), question=question)
-    block = "".join(truncate_tokens(f"Document [{n}]: {d.content} \n", share) for n, d in enumerate(documents, start=1))
-    return "\n".join([BASELINE_PROMPT, "\n", block, "\n", f"Question: {question}"])
+        return [truncate_tokens(f"Document [{n}](Title: {d.title}) {d.text}", share)
+                for n, d in enumerate(documents, start=1)]
+    return [truncate_tokens(f"Document [{n}]: {d.content} \n", share) for n, d in enumerate(documents, start=1)]
+
+
+def assemble_prompt(question: str, cut: list[str], style: str = "paper") -> str:
+    if style == "litm":
+        return LITM_PROMPT.format(search_results="\n".join(cut), question=question)
+    return "\n".join([BASELINE_PROMPT, "\n", "".join(cut), "\n", f"Question: {question}"])
+
+
+def baseline_prompt(question: str, documents: list[Passage], context_window: int, style: str = "paper") -> str:
+    """The fixed-context prompt with the top documents, each cut to an equal share of the window."""
+    return assemble_prompt(question, cut_documents(question, documents, context_window, style), style)
+
+
+def survival(question: Question, documents: list[Passage], cut: list[str], prompt: str) -> dict[str, bool]:
+    """What of the gold passage the cut prompt still holds.
+
+    - gold_retrieved: a gold passage is among the documents (before any cut);
+    - gold_intact: a gold passage is in the prompt whole;
+    - gold_kept: a gold passage survives whole, or its answer-bearing span does: some answer occurs, as whole
+      words, in the part of the gold passage the cut kept (only answers the whole gold passage holds count);
+    - answer_substring_in_prompt: the old, loose figure: an answer string occurs anywhere in the prompt
+      without its question, frame and distractors included ("20" in "2018", "one" in "none").
+    """
+    gold = set(question.gold)
+    retrieved = intact = survived = False
+    for document, kept in zip(documents, cut, strict=True):
+        if document.id not in gold:
+            continue
+        retrieved = True
+        whole = document.content in kept
+        answers = [a for a in question.answers if contains_words(document.content, [a])]
+        intact = intact or whole
+        survived = survived or whole or contains_words(kept, answers)
+    return {"gold_retrieved": retrieved, "gold_intact": intact, "gold_kept": survived,
+            "answer_substring_in_prompt": bool(documents)
+            and best_subspan_em(prompt.replace(question.question, ""), question.answers)}
 
 
 def agent_prompt(question: str) -> str:
@@ -247,9 +320,11 @@ class Config:
     judge_model: str | None = None
     prompt_style: str = "paper"
     progress: bool = True
+    scoring: str = "substring"  # which verdict `accuracy` reports; both are recorded
+    split: str = "all"  # which half of the committed dev/test split to sample from
 
 
-KEY_FIELDS = ("mode", "model", "k", "qid", "store")
+KEY_FIELDS = ("mode", "model", "k", "qid", "store", "window")
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -262,12 +337,18 @@ def run(config: Config) -> dict[str, Any]:
     if max(config.ks) > settings.search_depth:
         raise BenchError(f"--k {max(config.ks)} is deeper than the store's ranking ({settings.search_depth})")
     dataset = load_dataset(config.data)
-    questions = sample_questions(dataset, config.questions, config.seed)
+    questions = sample_questions(dataset, config.questions, config.seed, config.split)
     model = settings.model if config.mode != "ceiling" else None
+    if config.mode == "baseline":
+        settings, note = fit_window(settings)
+        if note:
+            print(f"docqa: note: {note}", file=sys.stderr)
+        config.settings = settings
+    window = settings.context_window if config.mode != "agent" else None  # the cut depends on it
     collection = collection_name(dataset, settings)
     ks: list[int | None] = list(config.ks) if config.mode == "baseline" else [None]
     plan = [(q, k) for q in questions for k in ks]
-    keys = [(config.mode, model, k, q.index, collection) for q, k in plan]
+    keys = [(config.mode, model, k, q.index, collection, window) for q, k in plan]
     log = ResultsLog(config.out / "results.jsonl", KEY_FIELDS)
     todo = [(q, k) for (q, k), key in zip(plan, keys, strict=True) if not log.finished(key)]
     # Clients first: a missing --model should fail before minutes of ingestion, not after.
@@ -278,7 +359,8 @@ def run(config: Config) -> dict[str, Any]:
     embedder.prime({q.question for q, _ in todo})  # all query vectors in a few batches
     corpus = {doc.source for doc in store.documents() if passage_of(doc.source) is not None}
     guard = FailureGuard(log.path)
-    base: dict[str, Any] = {"bench": "doc-qa", "mode": config.mode, "model": model, "store": collection}
+    base: dict[str, Any] = {"bench": "doc-qa", "mode": config.mode, "model": model, "store": collection,
+                            "window": window}
     with tqdm(total=len(plan), initial=len(plan) - len(todo), desc=f"doc-qa {config.mode}", unit="question",
               disable=not config.progress, file=sys.stderr) as bar:
         for question, k in todo:
@@ -294,17 +376,19 @@ def run(config: Config) -> dict[str, Any]:
                 row.update(_agent(store, question, store.settings, client))
             if config.mode != "ceiling":
                 score(row, question.answers, judge_client, config.judge_model)
-                guard.record(row["status"], row.get("error"))
             row["seconds"] = round(time.perf_counter() - started, 3)
             log.append(row)
             bar.update(1)
+            if config.mode != "ceiling" and guard.record(row["status"], row.get("error")):
+                break
     rows = log.select(keys)
     if config.mode != "ceiling":
         answers = {q.index: q.answers for q in questions}
         for row in rows:  # a later --judge-model decides what earlier runs left undecided
             if score(row, answers[row["qid"]], judge_client, config.judge_model):
                 log.append(row)
-    summary = summarize_doc_qa(rows, config, dataset, model, collection)
+    summary = summarize_doc_qa(rows, config, dataset, model, collection, split_of(dataset))
+    summary["stopped"] = guard.stopped
     write_json(config.out / "summary.json", summary)
     plot_doc_qa(config.out, summary)
     return summary
@@ -313,26 +397,22 @@ def run(config: Config) -> dict[str, Any]:
 def _ceiling(store: Any, question: Question, dataset: Dataset, config: Config) -> dict[str, Any]:
     hybrid = passage_ranking(store, question.question, "hybrid")
     dense = passage_ranking(store, question.question, "dense")
-    in_context = {}  # does the baseline's cut prompt at each K still hold an answer string?
+    cut_at: dict[str, dict[str, bool]] = {}  # what of the gold passage the baseline's cut prompt keeps, per K
     for k in config.ks:
         docs = [dataset.passages[i] for i in hybrid[:k]]
-        prompt = baseline_prompt(question.question, docs, config.settings.context_window, config.prompt_style)
-        in_context[str(k)] = bool(docs) and best_subspan_em(prompt.replace(question.question, ""),
-                                                            question.answers)
+        cut = cut_documents(question.question, docs, config.settings.context_window, config.prompt_style)
+        cut_at[str(k)] = survival(question, docs, cut, assemble_prompt(question.question, cut, config.prompt_style))
     return {"status": "answered", "rank_hybrid": gold_rank(hybrid, question.gold),
-            "rank_dense": gold_rank(dense, question.gold), "ranked": len(hybrid), "answer_in_context": in_context}
+            "rank_dense": gold_rank(dense, question.gold), "ranked": len(hybrid), "survival": cut_at}
 
 
 def _baseline(store: Any, question: Question, k: int, dataset: Dataset, config: Config, client: Any) -> dict[str, Any]:
     from docqa.llm import LLMError
 
-    top = passage_ranking(store, question.question)[:k]
-    prompt = baseline_prompt(question.question, [dataset.passages[i] for i in top], config.settings.context_window,
-                             config.prompt_style)
-    row: dict[str, Any] = {"gold_in_context": gold_rank(top, question.gold) is not None,
-                           "answer_in_context": best_subspan_em(prompt.replace(question.question, ""),
-                                                                question.answers),
-                           "prompt_tokens_estimate": estimate_tokens(prompt)}
+    docs = [dataset.passages[i] for i in passage_ranking(store, question.question)[:k]]
+    cut = cut_documents(question.question, docs, config.settings.context_window, config.prompt_style)
+    prompt = assemble_prompt(question.question, cut, config.prompt_style)
+    row: dict[str, Any] = {**survival(question, docs, cut, prompt), "prompt_tokens_estimate": estimate_tokens(prompt)}
     try:
         reply = client.complete([{"role": "user", "content": prompt}])
     except LLMError as exc:

@@ -30,7 +30,10 @@ from docqa.bench.common import (
     chunk_texts,
     count_searches,
     embedding_fingerprint,
+    estimate_uuid_tokens,
+    fit_window,
     make_client,
+    strict_value,
     prune,
     usage_fields,
     use_persona,
@@ -39,9 +42,11 @@ from docqa.bench.common import (
 from docqa.bench.report import plot_nested_kv, summarize_nested_kv
 from docqa.settings import Settings
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "nested_kv"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "nested_kv"
 RECORDS_FILE = "kv-retrieval-140_keys.first.jsonl.gz"
 MAX_LEVEL = 5
+# Tokens the baseline keeps free of pairs: the answer (a UUID is about 40 tokens) and the chat template's frame.
+KV_ANSWER_RESERVE = 256
 
 # The paper's texts, verbatim from MemGPT paper_experiments/nested_kv_task/nested_kv.py.
 NESTED_PERSONA = (
@@ -80,6 +85,27 @@ def baseline_prompt(query_key: str, pairs: list[tuple[str, str]]) -> str:
     return prompt
 
 
+def fit_pairs(query_key: str, pairs: list[tuple[str, str]], context_window: int) -> list[tuple[str, str]]:
+    """The pairs the baseline prompt keeps in `context_window` tokens: the question always, then as many pairs
+    as fit, in their order, the rest dropped (the prompt is cut at its end, before the question, never inside
+    a pair). Tokens are counted by `estimate_uuid_tokens`, an upper bound for UUID text."""
+    budget = context_window - KV_ANSWER_RESERVE - estimate_uuid_tokens(baseline_prompt(query_key, []))
+    kept, used = [], 0
+    for key, value in pairs:
+        cost = estimate_uuid_tokens(f'"{key}": "{value}",\n')
+        if used + cost > budget:
+            break
+        kept.append((key, value))
+        used += cost
+    return kept
+
+
+def gold_pairs(sample: Sample) -> list[tuple[str, str]]:
+    """The pairs a solver must read: one per key of the chain."""
+    values = dict(sample.pairs)
+    return [(key, values[key]) for key in sample.chain]
+
+
 def passage(key: str, value: str) -> str:
     """One archival passage, phrased as the paper inserted it."""
     return f"Key-value pair: key = {key}, value = {value}"
@@ -104,7 +130,7 @@ def load_records(data_dir: Path) -> list[tuple[str, str]]:
         return [(str(k), str(v)) for k, v in record["ordered_kv_records"]]
     except FileNotFoundError:
         raise BenchError(f"no {RECORDS_FILE} in {data_dir}: pass --data-dir pointing at the nested_kv data "
-                         "(see data/SOURCES.md)") from None
+                         "(see docqa/bench/data/SOURCES.md)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"cannot read {path} ({type(exc).__name__}): restore it from the repository") from None
 
@@ -264,15 +290,31 @@ def run_agent(sample: Sample, store: Any, settings: Settings, client: Any) -> Ou
                    extra={"trace": brief_steps(result.steps)})
 
 
-def run_baseline(sample: Sample, client: Any) -> Outcome:
-    from docqa.llm import LLMError
+def run_baseline(sample: Sample, client: Any, context_window: int) -> Outcome:
+    """One fixed-context prompt with the pairs that fit the window (`fit_pairs`), and whether the chain's pairs
+    all survived the cut. A server that refuses the prompt as too long and names a smaller window gets it
+    cut to that window, once."""
+    from docqa.llm import LLMError, PromptTooLong
 
-    try:
-        reply = client.complete([{"role": "user", "content": baseline_prompt(sample.query_key, sample.pairs)}])
-    except LLMError as exc:
-        return Outcome("", "error", llm_calls=1, error=str(exc))
-    return Outcome(reply.content or "", "answered", llm_calls=1, prompt_tokens=reply.prompt_tokens,
-                   completion_tokens=reply.completion_tokens)
+    window, calls = context_window, 0
+    while True:
+        kept = fit_pairs(sample.query_key, sample.pairs, window)
+        present = set(kept)
+        survival = {"context_window": window, "pairs_kept": len(kept), "pairs_total": len(sample.pairs),
+                    "gold_pairs_kept": sum(1 for pair in gold_pairs(sample) if pair in present)}
+        survival["gold_survived"] = survival["gold_pairs_kept"] == len(sample.chain)
+        calls += 1
+        try:
+            reply = client.complete([{"role": "user", "content": baseline_prompt(sample.query_key, kept)}])
+        except PromptTooLong as exc:
+            if exc.server_window and exc.server_window < window and calls == 1:
+                window = exc.server_window
+                continue
+            return Outcome("", "error", llm_calls=calls, error=str(exc), extra=survival)
+        except LLMError as exc:
+            return Outcome("", "error", llm_calls=calls, error=str(exc), extra=survival)
+        return Outcome(reply.content or "", "answered", llm_calls=calls, prompt_tokens=reply.prompt_tokens,
+                       completion_tokens=reply.completion_tokens, extra=survival)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -283,11 +325,12 @@ class Config:
     mode: str
     out: Path
     data_dir: Path
-    settings: Settings  # store_dir (default out/store), and the LLM for agent/baseline
+    settings: Settings  # store_dir (default out/store), context_window, and the LLM for agent/baseline
     progress: bool = True
+    scoring: str = "substring"  # which rule `correct` follows; both are recorded
 
 
-KEY_FIELDS = ("mode", "model", "level", "sample")
+KEY_FIELDS = ("mode", "model", "level", "sample", "window")
 
 
 def run(config: Config) -> dict[str, Any]:
@@ -297,8 +340,14 @@ def run(config: Config) -> dict[str, Any]:
     settings = config.settings
     model = settings.model if config.mode != "ceiling" else None
     samples = load_samples(config.data_dir, config.levels, config.samples)
+    window = None  # only the baseline's prompt depends on the window: another window is another run
+    if config.mode == "baseline":
+        settings, note = fit_window(settings)
+        window = settings.context_window
+        if note:
+            print(f"docqa: note: {note}", file=sys.stderr)
     log = ResultsLog(config.out / "results.jsonl", KEY_FIELDS)
-    keys = [(config.mode, model, s.level, s.index) for s in samples]
+    keys = [(config.mode, model, s.level, s.index, window) for s in samples]
     todo = [s for s, key in zip(samples, keys, strict=True) if not log.finished(key)]
     client = make_client(settings, purpose=f"--mode {config.mode}") if config.mode != "ceiling" and todo else None
     guard = FailureGuard(log.path)
@@ -311,7 +360,7 @@ def run(config: Config) -> dict[str, Any]:
         for sample in todo:
             if stores is None:
                 started = time.perf_counter()
-                outcome = run_baseline(sample, client)
+                outcome = run_baseline(sample, client, settings.context_window)
             else:
                 store = stores.load(sample)
                 started = time.perf_counter()  # time the task, not the store update
@@ -319,11 +368,13 @@ def run(config: Config) -> dict[str, Any]:
                     outcome = solve_by_search(store, sample.query_key)
                 else:
                     outcome = run_agent(sample, store, store.settings, client)
-            log.append(_row(config.mode, model, sample, outcome, time.perf_counter() - started))
-            if config.mode != "ceiling":
-                guard.record(outcome.status, outcome.error)
+            row = _row(config.mode, model, sample, outcome, time.perf_counter() - started, config.scoring)
+            log.append({**row, "window": window} if window else row)
             bar.update(1)
-    summary = summarize_nested_kv(log.select(keys), config, model)
+            if config.mode != "ceiling" and guard.record(outcome.status, outcome.error):
+                break
+    summary = summarize_nested_kv(log.select(keys), config, model, settings.context_window)
+    summary["stopped"] = guard.stopped
     write_json(config.out / "summary.json", summary)
     plot_nested_kv(config.out, summary)
     return summary
@@ -335,11 +386,15 @@ def _embedder(settings: Settings) -> CachedEmbedder:
     return CachedEmbedder(load_embedder(settings.embedding_model, settings.embedding_backend))
 
 
-def _row(mode: str, model: str | None, sample: Sample, outcome: Outcome, seconds: float) -> dict[str, Any]:
+def _row(mode: str, model: str | None, sample: Sample, outcome: Outcome, seconds: float,
+         scoring: str = "substring") -> dict[str, Any]:
+    substring = outcome.status != "error" and sample.expected in outcome.answer
+    strict = outcome.status != "error" and strict_value(outcome.answer, sample.expected)
     row: dict[str, Any] = {
         "bench": "nested-kv", "mode": mode, "model": model, "level": sample.level, "sample": sample.index,
         "lookups": sample.level + 1, "query_key": sample.query_key, "expected": sample.expected,
-        "answer": outcome.answer, "correct": sample.expected in outcome.answer, "status": outcome.status,
+        "answer": outcome.answer, "correct": strict if scoring == "strict" else substring,
+        "correct_substring": substring, "correct_strict": strict, "status": outcome.status,
         "steps": outcome.steps, "searches": outcome.searches,
         **usage_fields(outcome.prompt_tokens, outcome.completion_tokens, outcome.llm_calls),
         "seconds": round(seconds, 3), "error": outcome.error,
