@@ -118,7 +118,8 @@ class Agent:
             self.context.save()
         if result.status == "answered":
             result.citations = [
-                {"source": r.source, "page": r.page_start, "page_end": r.page_end, "chunk": r.chunk, "text": r.text}
+                {"source": r.source, "page": r.page_start, "page_end": r.page_end, "section": r.section,
+                 "chunk": r.chunk, "text": r.text}
                 for r in self.toolbox.citations(result.answer)
             ]
         result.seconds = time.perf_counter() - started

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE TABLE IF NOT EXISTS chunks (
     rowid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, generation TEXT NOT NULL, source TEXT NOT NULL,
     idx INTEGER NOT NULL, page_start INTEGER NOT NULL, page_end INTEGER NOT NULL,
-    content_hash TEXT NOT NULL, text TEXT NOT NULL);
+    content_hash TEXT NOT NULL, text TEXT NOT NULL, section TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS chunks_generation ON chunks(generation);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, content='chunks', content_rowid='rowid', tokenize='unicode61');
@@ -52,7 +52,7 @@ _IDENTIFIER = re.compile(r"(?=.*[^\W\d_])(?=.*\d)")
 _RARE_IDENTIFIER = 5
 
 _CURRENT = "JOIN documents d ON d.source = c.source AND d.generation = c.generation"
-_COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_hash"
+_COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_hash, c.section"
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class ChunkRecord:
     page_end: int
     chunk: int
     content_hash: str
+    section: str = ""  # the heading path of a non-paged document's chunk (see docqa.readers.location)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._add_section_column()
         self._writes = 0  # data_version only counts other connections' commits
         self._common: dict[str, bool] = {}  # query term -> in too many chunks to be worth scoring
         self._common_version = -1
@@ -100,6 +102,12 @@ class Catalog:
         self.db.close()
         if self._reader is not None:
             self._reader.close()
+
+    def _add_section_column(self) -> None:
+        """A store made before chunks kept their section has no such column: add it (existing rows get '')."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
+        if "section" not in columns:
+            self.db.execute("ALTER TABLE chunks ADD COLUMN section TEXT NOT NULL DEFAULT ''")
 
     # -- metadata -------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -131,11 +139,11 @@ class Catalog:
         )
 
     def add_chunks(self, generation: str, source: str, chunks: Iterable[tuple]) -> None:
-        """Insert pending chunk rows: (id, idx, page_start, page_end, content_hash, text)."""
+        """Insert pending chunk rows: (id, idx, page_start, page_end, content_hash, text, section)."""
         with self._transaction():
             self.db.executemany(
-                "INSERT OR REPLACE INTO chunks(id, generation, source, idx, page_start, page_end, content_hash, text)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO chunks(id, generation, source, idx, page_start, page_end, content_hash, text,"
+                " section) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(c[0], generation, source, *c[1:]) for c in chunks],
             )
 
@@ -199,11 +207,11 @@ class Catalog:
             self._generations_version = version
         return {i for i in ids if i.rpartition(":")[0] in self._generations}
 
-    def committed_rows(self) -> list[tuple[str, str, str, str, int, int, int]]:
-        """(id, text, source, generation, chunk, page_start, page_end) of every committed chunk."""
+    def committed_rows(self) -> list[tuple[str, str, str, str, int, int, int, str]]:
+        """(id, text, source, generation, chunk, page_start, page_end, section) of every committed chunk."""
         return list(self.db.execute(
-            f"SELECT c.id, c.text, c.source, c.generation, c.idx, c.page_start, c.page_end FROM chunks c {_CURRENT}"
-            " ORDER BY c.rowid"))
+            "SELECT c.id, c.text, c.source, c.generation, c.idx, c.page_start, c.page_end, c.section"
+            f" FROM chunks c {_CURRENT} ORDER BY c.rowid"))
 
     def current_ids(self) -> set[str]:
         return {row[0] for row in self.db.execute(f"SELECT c.id FROM chunks c {_CURRENT}")}

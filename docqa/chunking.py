@@ -35,6 +35,7 @@ class Chunk:
     page_start: int  # 1-based
     page_end: int
     tokens: int
+    section: str = ""  # the heading path of a non-paged document's first paragraph here (see docqa.readers)
 
     @property
     def content_hash(self) -> str:
@@ -74,6 +75,7 @@ def chunk_pages(pages: Iterable[Page], tokenizer: Any, chunk_tokens: int, overla
     max_chars = chunk_tokens * CHARS_PER_TOKEN
     overlap_chars = max_chars * overlap // chunk_tokens
     texts: dict[int, str] = {}
+    sections: dict[int, str] = {}
     window: list[_Token] = []
     emitted = 0  # window[:emitted] already went out in the previous chunk (the overlap)
     index = 0
@@ -83,6 +85,7 @@ def chunk_pages(pages: Iterable[Page], tokenizer: Any, chunk_tokens: int, overla
         if not tokens:
             continue
         texts[page.number] = text
+        sections[page.number] = page.section
         # Feed the window a chunk's worth at a time: cutting chunks off the front of a whole page's tokens
         # copied the rest each time, quadratic in the page (a 5 MB single-line file took minutes).
         for start in range(0, len(tokens), chunk_tokens):
@@ -92,14 +95,15 @@ def chunk_pages(pages: Iterable[Page], tokenizer: Any, chunk_tokens: int, overla
                 if len(window) <= chunk_tokens and fit == len(window):
                     break
                 cut = _cut_point(window, min(chunk_tokens, fit), emitted)
-                yield _make_chunk(index, window[:cut], texts)
+                yield _make_chunk(index, window[:cut], texts, sections)
                 index += 1
                 restart = _restart_point(window, cut, overlap, overlap_chars, max_chars)
                 window = window[restart:]
                 emitted = cut - restart
                 _forget_pages(texts, window)
+                _forget_pages(sections, window)
     if len(window) > emitted:
-        yield _make_chunk(index, window, texts)
+        yield _make_chunk(index, window, texts, sections)
 
 
 def _tokenize(tokenizer: Any, page: Page, longest: int) -> list[_Token]:
@@ -201,7 +205,7 @@ def _forget_pages(texts: dict[int, str], window: list[_Token]) -> None:
         del texts[number]
 
 
-def _make_chunk(index: int, tokens: list[_Token], texts: dict[int, str]) -> Chunk:
+def _make_chunk(index: int, tokens: list[_Token], texts: dict[int, str], sections: dict[int, str]) -> Chunk:
     parts: list[str] = []
     run_start = 0
     for i in range(1, len(tokens) + 1):
@@ -209,4 +213,4 @@ def _make_chunk(index: int, tokens: list[_Token], texts: dict[int, str]) -> Chun
             page = tokens[run_start].page
             parts.append(texts[page][tokens[run_start].start : tokens[i - 1].end])
             run_start = i
-    return Chunk(index, "\n".join(parts), tokens[0].page, tokens[-1].page, len(tokens))
+    return Chunk(index, "\n".join(parts), tokens[0].page, tokens[-1].page, len(tokens), sections[tokens[0].page])

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from docqa.cli_llm import NO_LLM_HELP, connect, format_answer, has_llm, no_trace, print_trace
-from docqa.cli_shared import (build_settings, emit_json, friendly, llm_options, open_store, session_store,
-                              store_options)
+from docqa.cli_shared import (build_settings, emit_json, friendly, llm_options, open_existing_store, open_store,
+                              session_store, store_options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -26,10 +26,11 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @store_options
-@click.option("--chunk-tokens", type=int,
+@click.option("--chunk-tokens", type=click.IntRange(min=8),
               help="Chunk size in embedding-model tokens (default 200, max 254 for MiniLM).")
-@click.option("--overlap", "overlap_tokens", type=int, help="Tokens shared by neighbouring chunks (default 40).")
-@click.option("--batch-size", type=int, help="Embedding batch size (default 32).")
+@click.option("--overlap", "overlap_tokens", type=click.IntRange(min=0),
+              help="Tokens shared by neighbouring chunks (default 40; less than half of --chunk-tokens).")
+@click.option("--batch-size", type=click.IntRange(min=1, max=4096), help="Embedding batch size (default 32).")
 @click.option("--file-timeout", type=click.FloatRange(min=0),
               help="Give up on a file whose reading and chunking take longer than this many seconds "
               "(a damaged or hostile file); default 300, 0 = no limit [env DOCQA_FILE_TIMEOUT].")
@@ -48,20 +49,34 @@ def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **
         _delete(paths, as_json, flags)
         return
     from docqa.chunking import check_sizes
+    from docqa.embeddings import model_limit
     from docqa.ingest import Ingestor
 
     config = build_settings(**flags)
-    store = open_store(config)
-    problem = check_sizes(config.chunk_tokens, config.overlap_tokens, store.embedder.max_tokens)
+    # Sizes are checked against the model's config files before anything is loaded or created.
+    limit = model_limit(config.embedding_model)
+    problem = check_sizes(config.chunk_tokens, config.overlap_tokens, limit if limit is not None else 1 << 30)
     if problem:
         raise click.UsageError(problem)
+    store = open_store(config)
+    if limit is None:  # a model whose limit its files do not tell: ask the loaded model
+        problem = check_sizes(config.chunk_tokens, config.overlap_tokens, store.embedder.max_tokens)
+        if problem:
+            raise click.UsageError(problem)
     from tqdm import tqdm
 
     def notice(message: str) -> None:
-        tqdm.write(message, file=sys.stderr)  # keeps the progress bars intact
+        tqdm.write(message, file=sys.stderr)  # keeps the progress bar intact
+
     # Bars redraw in place with cursor moves: in a log file or a pipe they are only noise.
     progress = not (quiet or as_json) and sys.stderr.isatty()
-    report = Ingestor(store, progress=progress, notice=notice).run(paths)
+
+    def status(message: str) -> None:
+        if progress:  # one transient line, erased when done ("" clears it)
+            sys.stderr.write(f"\r\x1b[K{message}")
+            sys.stderr.flush()
+
+    report = Ingestor(store, progress=progress, notice=notice, status=status).run(paths)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -84,7 +99,7 @@ def _delete(paths: tuple[Path, ...], as_json: bool, flags: dict[str, Any]) -> No
 
     flags = {k: v for k, v in flags.items() if k in ("store_dir", "collection", "chroma_url", "embedding_model",
                                                       "embedding_backend")}
-    store = open_store(build_settings(**flags))
+    store = open_existing_store(build_settings(**flags))
     removed, missing = delete_paths(store, paths)
     if as_json:
         emit_json({"removed": removed, "not_found": missing, "chunks_total": store.count()})
@@ -102,7 +117,7 @@ def _delete(paths: tuple[Path, ...], as_json: bool, flags: dict[str, Any]) -> No
 @friendly
 def list_documents(as_json: bool, **flags: Any) -> None:
     """List the documents in archival memory."""
-    store = open_store(build_settings(**flags))
+    store = open_existing_store(build_settings(**flags))
     docs = store.documents()
     if as_json:
         emit_json([{"source": d.source, "pages": d.pages, "chunks": d.chunks, "sha256": d.file_hash} for d in docs])
@@ -119,16 +134,18 @@ def list_documents(as_json: bool, **flags: Any) -> None:
 @click.option("--page-size", type=click.IntRange(min=1, max=100), help="Results per page (default 5).")
 @click.option("--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True,
               help="hybrid fuses meaning (dense) and exact words (lexical).")
+@click.option("--scores", is_flag=True, help="Show each result's score (JSON output always has them).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly
-def search(query: str, page: int, page_size: int | None, mode: str, as_json: bool, **flags: Any) -> None:
+def search(query: str, page: int, page_size: int | None, mode: str, scores: bool, as_json: bool,
+           **flags: Any) -> None:
     """Search archival memory, one page at a time: the agent's archival_memory_search."""
-    store = open_store(build_settings(page_size=page_size, **flags))
+    store = open_existing_store(build_settings(page_size=page_size, **flags))
     result = store.search(query, page=page, mode=mode)
     if as_json:
         emit_json(result.to_json())
     else:
-        click.echo(result.format())
+        click.echo(result.format(scores=scores))
 
 
 @main.command()
@@ -148,14 +165,14 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
     from docqa.agent import Agent, AgentResult
 
     config = build_settings(**flags)
-    store = open_store(config)
+    store = open_existing_store(config)
     if no_llm or not has_llm(config):
         if not no_llm:
             click.echo(f"docqa: {NO_LLM_HELP}", err=True)
         page = store.search(question)
         result = AgentResult(answer="", status="no_llm", citations=[
             {"source": h.record.source, "page": h.record.page_start, "page_end": h.record.page_end,
-             "chunk": h.record.chunk, "text": h.record.text} for h in page.hits])
+             "section": h.record.section, "chunk": h.record.chunk, "text": h.record.text} for h in page.hits])
         if as_json:
             emit_json(result.to_json())
         else:

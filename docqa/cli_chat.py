@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from docqa.cli_llm import NO_LLM_HELP, connect, format_answer, has_llm, no_trace, print_trace
-from docqa.cli_shared import (UserError, build_settings, emit_json, friendly, llm_options, open_store, session_store,
-                              store_options)
+from docqa.cli_shared import (UserError, build_settings, emit_json, friendly, llm_options, open_existing_store,
+                              session_store, store_options)
 
 CHAT_HELP = """Commands:
   /help           this help
@@ -41,7 +41,7 @@ def chat(session: str, trace: bool, **flags: Any) -> None:
     config = build_settings(**flags)
     if not has_llm(config):
         raise UserError(NO_LLM_HELP.split(" Showing")[0])
-    store = open_store(config)
+    store = open_existing_store(config)
     on_event = print_trace if trace else no_trace
     client, config = connect(config, on_event)
     agent = Agent(config, store, client, session=session, sessions=session_store(config), on_event=on_event)

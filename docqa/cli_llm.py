@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from docqa.cli_shared import UserError
+from docqa.evidence import evidence_excerpt
 from docqa.settings import Settings
 
 NO_LLM_HELP = ("no LLM configured. Set DOCQA_MODEL and OPENAI_API_KEY (OpenAI), or OPENAI_BASE_URL (and "
@@ -93,6 +94,10 @@ def format_answer(result: Any) -> str:
         lines.append("\nSources:")
         for n, c in enumerate(result.citations, start=1):
             page = c["page"] if c["page"] == c.get("page_end", c["page"]) else f"{c['page']}-{c['page_end']}"
-            excerpt = " ".join(c["text"].split())
-            lines.append(f"[{n}] {c['source']}, page {page}: \"{excerpt[:200]}{'...' if len(excerpt) > 200 else ''}\"")
+            where = f"page {page}"
+            if c.get("section"):
+                from docqa.readers import location
+
+                where = location(c["source"], c["page"], c.get("page_end", c["page"]), c["section"])
+            lines.append(f"[{n}] {c['source']}, {where}: \"{evidence_excerpt(c['text'], result.answer or '')}\"")
     return "\n".join(lines)

@@ -149,6 +149,21 @@ def open_store(config: Settings) -> Any:
     return ArchivalStore(config)
 
 
+def open_existing_store(config: Settings) -> Any:
+    """The store for a command that only reads (search, list, ask, chat, delete): never creates one."""
+    from docqa.store import check_collection_name
+
+    check_collection_name(config.collection)
+    if not config.chroma_url:
+        catalog = config.store_dir / f"{config.collection}.catalog.sqlite3"
+        if not config.store_dir.is_dir():
+            raise UserError(f"no store at {config.store_dir}; run docqa ingest first (or pass --store DIR)")
+        if not catalog.exists():
+            raise UserError(f"no collection '{config.collection}' in the store at {config.store_dir}; run docqa "
+                            f"ingest --collection {config.collection} first")
+    return open_store(config)
+
+
 def emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
 

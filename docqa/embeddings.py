@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -95,3 +96,70 @@ def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, backend: str = "torch") -
             "pass a local sentence-transformers directory with --embedding-model / DOCQA_EMBEDDING_MODEL"
         ) from None
     return Embedder(name, model, backend)
+
+
+def model_limit(name: str) -> int | None:
+    """The content tokens per text that the model at `name` embeds, read from its config files without
+    loading weights (so that option errors come before a slow model load); None when it cannot be told.
+
+    The same figure as Embedder.max_tokens: sentence_bert_config.json's max_seq_length less the special
+    tokens tokenizer.json's post-processor adds ([CLS] and [SEP] for BERT models).
+    """
+    location = Path(model_location(name))
+    try:
+        limit = int(json.loads((location / "sentence_bert_config.json").read_text())["max_seq_length"])
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(location / "tokenizer.json"))
+        special = tokenizer.post_processor.num_special_tokens_to_add(False) if tokenizer.post_processor else 0
+    except Exception:  # a hub name, no such files, an odd tokenizer: checked after the load instead
+        return None
+    return limit - special
+
+
+@lru_cache(maxsize=4)
+def load_query_embedder(name: str = DEFAULT_EMBEDDING_MODEL) -> Any:
+    """The fastest embedder for queries to a store built with the transformer `name`: its verified ONNX
+    export (docqa.query_embeddings) if one is cached, else None (the caller then uses the transformer)."""
+    try:
+        location = model_location(name)
+    except EmbeddingError:
+        return None
+    from docqa.query_embeddings import load_query_embedder as load_onnx
+
+    return load_onnx(name, location)
+
+
+def query_export_pending(embedder: Embedder) -> bool:
+    """Whether `embedder` can be exported for the fast query path and has not been yet."""
+    from docqa import query_embeddings
+
+    try:
+        source = Path(model_location(embedder.name))
+    except EmbeddingError:
+        return False
+    return (embedder.backend == "torch" and source.is_dir() and query_embeddings.mean_pooling_only(source)
+            and not query_embeddings.export_tried(source))
+
+
+def prepare_query_embedder(embedder: Embedder) -> bool:
+    """Export `embedder`'s transformer for the fast query path unless done (or rejected) before; True if
+    a usable export exists afterwards. Cheap when done: one file check."""
+    if embedder.backend != "torch":
+        return False
+    from docqa import query_embeddings
+
+    try:
+        source = Path(model_location(embedder.name))
+    except EmbeddingError:
+        return False
+    if not source.is_dir() or not query_embeddings.mean_pooling_only(source):
+        return False
+    if query_embeddings.export_tried(source):
+        return query_embeddings.usable_export(source) is not None
+    try:
+        made = query_embeddings.export(source, embedder._model)
+    except Exception:  # no onnx package, an export torch cannot trace: queries keep using torch
+        return False
+    load_query_embedder.cache_clear()
+    return made is not None

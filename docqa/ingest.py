@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from tqdm import tqdm
 
 from docqa.chunking import Chunk, chunk_pages
-from docqa.readers import Page, ReadError, is_supported, read_pages
+from docqa.readers import SUPPORTED_SUFFIXES, Page, ReadError, is_supported, read_pages
 from docqa.store import ArchivalStore
 
 
@@ -52,9 +53,14 @@ class IngestReport:
 
     def summary(self) -> str:
         rate = self.chunks_added / self.seconds if self.seconds else 0.0
+        skipped = ""
+        if self.files_skipped:
+            names = ", ".join(Path(p).name for p in self.files_skipped[:5])
+            more = f" and {len(self.files_skipped) - 5} more" if len(self.files_skipped) > 5 else ""
+            skipped = f", {len(self.files_skipped)} skipped ({names}{more}: not a supported type)"
         return (
             f"{self.files_ingested} file(s) ingested, {self.files_unchanged} unchanged, "
-            f"{len(self.files_failed)} failed; {self.pages} pages, {self.chunks_added} chunks added "
+            f"{len(self.files_failed)} failed{skipped}; {self.pages} pages, {self.chunks_added} chunks added "
             f"({self.chunks_total} in store) in {self.seconds:.1f} s ({rate:.1f} chunks/s)"
         )
 
@@ -74,10 +80,16 @@ def discover(paths: Iterable[Path], report: IngestReport, notice: Callable[[str]
         for candidate in candidates:
             if is_supported(candidate):
                 files.append(candidate)
+            elif candidate is path:
+                # Named on the command line: the user meant it, so not reading it is a failure, not a skip.
+                reason = (f"unsupported type '{candidate.suffix or '(none)'}' (docqa reads "
+                          f"{', '.join(SUPPORTED_SUFFIXES)})")
+                report.files_failed.append(FileFailure(str(candidate), reason))
+                notice(f"error: {candidate}: {reason}")
             else:
                 report.files_skipped.append(str(candidate))
                 notice(f"skipped: {candidate}: unsupported type '{candidate.suffix or '(none)'}' "
-                       "(docqa reads .pdf, .txt, .md)")
+                       f"(docqa reads {', '.join(SUPPORTED_SUFFIXES)})")
     return list(dict.fromkeys(files))
 
 
@@ -154,6 +166,31 @@ class _Finished:
     chunks: int
     tokens: int
     notices: list[str]
+    progress_mark: int  # where the ingest bar stands once this file is stored
+
+
+# The bar moves at least this often (in chunks), whatever --batch-size: a bar that stands still looks hung.
+PROGRESS_CHUNKS = 32
+
+
+class _Progress:
+    """The one ingest bar: the pages of the files to (re)ingest, counted before embedding starts, so it has
+    a total, a rate and an ETA. A page counts as done once the chunks that start on it are embedded."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.done = 0
+        self.chunks = 0
+
+    def reach(self, mark: int) -> None:
+        if mark > self.done:
+            self.bar.update(mark - self.done)
+            self.done = mark
+
+    def embedded(self, chunks: int, mark: int) -> None:
+        self.chunks += chunks
+        self.bar.set_postfix_str(f"{self.chunks} chunks", refresh=False)
+        self.reach(mark)
 
 
 class _Batcher:
@@ -168,13 +205,15 @@ class _Batcher:
     writer's recover() removes.
     """
 
-    def __init__(self, store: ArchivalStore, report: IngestReport, bar: Any, notice: Callable[[str], None]) -> None:
+    def __init__(self, store: ArchivalStore, report: IngestReport, progress: _Progress,
+                 notice: Callable[[str], None]) -> None:
         self.store = store
         self.size = store.settings.batch_size * 4  # chunks per write: several model batches
         self.report = report
-        self.bar = bar
+        self.progress = progress
         self.notice = notice
         self.chunks: list[tuple[str, str, Chunk]] = []  # (generation, source, chunk) made, not yet in Chroma
+        self.marks: list[int] = []  # for each of self.chunks, where the bar stands once it is embedded
         self.recorded = 0  # self.chunks[:recorded] are in the catalog
         self.finished: list[_Finished] = []  # files whose chunks are all made, not yet committed
         self.begun: dict[str, str] = {}  # source -> generation of each begun file not yet committed
@@ -185,8 +224,9 @@ class _Batcher:
         self.begun[source] = generation
         return generation
 
-    def add(self, generation: str, source: str, chunk: Chunk) -> None:
+    def add(self, generation: str, source: str, chunk: Chunk, mark: int) -> None:
         self.chunks.append((generation, source, chunk))
+        self.marks.append(mark)
         if len(self.chunks) >= self.size:
             self.write()
 
@@ -204,7 +244,9 @@ class _Batcher:
     def drop(self, source: str) -> None:
         """Take out a file that failed: its chunks waiting here and any already in the store."""
         generation = self.begun.pop(source)
-        self.chunks = [item for item in self.chunks if item[0] != generation]
+        kept = [k for k, item in enumerate(self.chunks) if item[0] != generation]
+        self.chunks = [self.chunks[k] for k in kept]
+        self.marks = [self.marks[k] for k in kept]
         self.recorded = min(self.recorded, len(self.chunks))  # its chunks were the last ones, none recorded
         if generation in self.written:
             self.written.discard(generation)
@@ -216,11 +258,16 @@ class _Batcher:
         """Embed and store the waiting chunks, then commit every file they complete."""
         if self.chunks:
             self._record()
-            vectors = self.store.embedder.embed([c.text for _, _, c in self.chunks], self.store.settings.batch_size)
+            texts = [c.text for _, _, c in self.chunks]
+            step = min(PROGRESS_CHUNKS, self.store.settings.batch_size)
+            parts = []
+            for start in range(0, len(texts), step):
+                parts.append(self.store.embedder.embed(texts[start : start + step], self.store.settings.batch_size))
+                self.progress.embedded(len(parts[-1]), max(self.marks[start : start + step]))
             self.written.update(generation for generation, _, _ in self.chunks)  # before: the call may be cut
-            self.store.add_vectors(self.chunks, vectors)
-            self.bar.update(len(self.chunks))
+            self.store.add_vectors(self.chunks, np.concatenate(parts))
             self.chunks = []
+            self.marks = []
             self.recorded = 0
         if not self.finished:
             return
@@ -235,6 +282,7 @@ class _Batcher:
             self.report.pages += file.pages
             self.report.chunks_added += file.chunks
             self.report.tokens += file.tokens
+            self.progress.reach(file.progress_mark)
         self.finished = []
 
     def abort(self) -> None:
@@ -249,45 +297,86 @@ class Ingestor:
     """Runs the pipeline over files into one store; one instance per `docqa ingest` run."""
 
     def __init__(self, store: ArchivalStore, *, progress: bool = True,
-                 notice: Callable[[str], None] = print) -> None:
+                 notice: Callable[[str], None] = print, status: Callable[[str], None] | None = None) -> None:
+        """`progress`: show the tqdm bar (on stderr); `notice`: where one-line notes and errors go;
+        `status`: shows a transient one-line state ("loading the embedding model…"), "" clears it."""
         self.store = store
         self.settings = store.settings
         self.progress = progress
         self.notice = notice
+        self.status = status or (lambda _: None)
 
     def run(self, paths: Iterable[Path]) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
         files = discover(paths, report, self.notice)
         with self.store.writing():
-            embedding_bar = tqdm(desc="embedding", unit="chunk", disable=not self.progress, position=1,
-                                 leave=False)
-            batcher = _Batcher(self.store, report, embedding_bar, self.notice)
+            plan = self._plan(files)
+            total = sum(pages for _, pages in plan.values())
+            if plan:  # only work to do loads the model: an unchanged re-ingest loads none
+                self._with_status("loading the embedding model…", lambda: self.store.embedder)
+            bar = tqdm(total=total, desc="ingesting", unit="page", disable=not self.progress, leave=False,
+                       dynamic_ncols=True, mininterval=0.2)
+            progress = _Progress(bar)
+            batcher = _Batcher(self.store, report, progress, self.notice)
             try:
-                for path in tqdm(files, desc="files", unit="file", disable=not self.progress, position=0):
-                    self._ingest_file(path, report, batcher)
+                offset = 0
+                for path in files:
+                    digest, pages = plan.get(path, (None, 0))
+                    self._ingest_file(path, report, batcher, digest, offset, pages)
+                    offset += pages
                 batcher.write()
+                progress.reach(total)
+                bar.refresh()  # the finished count is drawn before the line is cleared
             except BaseException:
                 # Interrupted (Ctrl-C) or an unexpected bug: take the files not committed out first.
                 batcher.abort()
                 raise
-            embedding_bar.close()
+            finally:
+                bar.close()  # leave=False: the bar's line is cleared, so what follows starts on a clean line
             report.chunks_total = self.store.count()
+        if plan:
+            self._with_status("preparing fast search (once per model)…", self.store.prepare_query_path,
+                              only_if=self.store.query_path_pending)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _ingest_file(self, path: Path, report: IngestReport, batcher: _Batcher) -> None:
+    def _with_status(self, message: str, work: Callable[[], Any], only_if: Callable[[], bool] | None = None) -> None:
+        if only_if is not None and not only_if():
+            return
+        self.status(message)
+        try:
+            work()
+        finally:
+            self.status("")
+
+    def _plan(self, files: list[Path]) -> dict[Path, tuple[str, int]]:
+        """The files that need reading, each with its hash and page count: the bar's total, known up front."""
+        plan: dict[Path, tuple[str, int]] = {}
+        for path in files:
+            try:
+                digest = file_hash(path)
+            except OSError:
+                continue  # reported when its turn comes
+            if not self.store.is_current(source_of(path), digest):
+                plan[path] = (digest, count_pages(path, self.settings.file_timeout))
+        return plan
+
+    def _ingest_file(self, path: Path, report: IngestReport, batcher: _Batcher, digest: str | None = None,
+                     offset: int = 0, page_count: int = 0) -> None:
         """Read and chunk one file into the batcher (which commits it later), or report why not."""
         source = source_of(path)
-        try:
-            digest = file_hash(path)
-        except OSError as exc:
-            self._fail(report, path, f"cannot read: {exc.strerror or exc}")
-            return
+        if digest is None:
+            try:
+                digest = file_hash(path)
+            except OSError as exc:
+                self._fail(report, path, f"cannot read: {exc.strerror or exc}")
+                return
         if source in batcher.begun:
             batcher.write()  # the same file under a second path (a link): commit the first to compare with
         if self.store.is_current(source, digest):
             report.files_unchanged += 1
+            batcher.progress.reach(offset + page_count)
             return
         generation = batcher.begin(source, digest)
         notices: list[str] = []
@@ -299,21 +388,25 @@ class Ingestor:
             made = chunk_pages(pages, self.store.embedder.tokenizer, self.settings.chunk_tokens,
                                self.settings.overlap_tokens)
             for chunk in time_limited(made, self.settings.file_timeout):
-                batcher.add(generation, source, chunk)
+                # The pages before the one this chunk starts on are done once it is embedded.
+                batcher.add(generation, source, chunk, offset + min(chunk.page_start - 1, page_count))
                 chunks += 1
                 tokens += chunk.tokens
             if not chunks:
                 raise ReadError("no text to index")
         except ReadError as exc:
             batcher.drop(source)
+            batcher.progress.reach(offset + page_count)
             self._fail(report, path, str(exc))
             return
         except FileTimeout:
             batcher.drop(source)
+            batcher.progress.reach(offset + page_count)
             self._fail(report, path, f"reading took longer than {self.settings.file_timeout:g} s (--file-timeout): "
                        "a damaged or hostile file? If it is only large, raise --file-timeout")
             return
-        batcher.finish(_Finished(path, source, generation, digest, len(pages_seen), chunks, tokens, notices))
+        batcher.finish(_Finished(path, source, generation, digest, len(pages_seen), chunks, tokens, notices,
+                                 offset + page_count))
 
     def _pages(self, path: Path, notices: list[str], seen: list[int]) -> Iterator[Page]:
         for page in read_pages(path, notices):
@@ -323,6 +416,27 @@ class Ingestor:
     def _fail(self, report: IngestReport, path: Path, reason: str) -> None:
         report.files_failed.append(FileFailure(str(path), reason))
         self.notice(f"error: {path}: {reason}")
+
+
+def count_pages(path: Path, file_timeout: float) -> int:
+    """How many pages the reader will make of `path` (a PDF's page count, a text's form feeds + 1), for the
+    bar's total; 1 when it cannot be told quickly (the reader then reports what is wrong)."""
+    def count() -> Iterator[int]:
+        if path.suffix.lower() == ".pdf":
+            from pypdf import PdfReader
+
+            yield len(PdfReader(path).pages)
+        else:
+            with open(path, "rb") as handle:
+                yield sum(block.count(b"\f") for block in iter(lambda: handle.read(1 << 20), b"")) + 1
+
+    counting = time_limited(count(), min(file_timeout, 10.0) if file_timeout > 0 else 10.0)
+    try:
+        return max(1, next(counting))
+    except (Exception, FileTimeout):  # a damaged PDF: reading it says what is wrong
+        return 1
+    finally:
+        counting.close()
 
 
 def delete_paths(store: ArchivalStore, paths: Iterable[Path]) -> tuple[list[str], list[str]]:

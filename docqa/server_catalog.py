@@ -314,7 +314,7 @@ def _word_pattern(term: str) -> str:
 
 def _record(chunk_id: str, text: str, meta: dict[str, Any]) -> ChunkRecord:
     return ChunkRecord(chunk_id, text, meta["source"], int(meta["page_start"]), int(meta["page_end"]),
-                       int(meta["chunk"]), _digest(text))
+                       int(meta["chunk"]), _digest(text), str(meta.get("section") or ""))
 
 
 def _process_alive(pid: int) -> bool:

@@ -95,13 +95,19 @@ def load_static(name: str, location: str) -> StaticModelAdapter:
 
 def cache_dir(source: Path) -> Path:
     """Where the model distilled from `source` lives: keyed by the source's path, weights and recipe."""
-    digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode())
+    return keyed_cache_dir("static", source, RECIPE)
+
+
+def keyed_cache_dir(kind: str, source: Path, recipe: dict[str, Any]) -> Path:
+    """A cache directory for something made from the model at `source` (the static model, the ONNX export),
+    keyed by the source's path, its weights files and the recipe."""
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     digest.update(str(source.resolve()).encode())
     for weights in sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     root = Path(os.environ.get("DOCQA_CACHE_DIR") or platformdirs.user_cache_dir("docqa", appauthor=False))
-    return root / "static" / digest.hexdigest()[:16]
+    return root / kind / digest.hexdigest()[:16]
 
 
 def distill(source: Path, tokenizer: Any) -> np.ndarray:

@@ -26,6 +26,7 @@ from docqa.catalog import Catalog, ChunkRecord, DocumentRow
 from docqa.chunking import CHARS_PER_TOKEN, Chunk
 from docqa.embeddings import Embedder, load_embedder
 from docqa.fusion import add_identifier_bonuses, fuse, lexical_bonuses, one_core_less
+from docqa.readers import is_paged, location
 from docqa.settings import Settings
 
 SEARCH_MODES = ("hybrid", "dense", "lexical")
@@ -47,10 +48,19 @@ class SearchHit:
         r = self.record
         return str(r.page_start) if r.page_start == r.page_end else f"{r.page_start}-{r.page_end}"
 
+    @property
+    def where(self) -> str:
+        """"page 3", or "pages 3-4" for a chunk that spans a page break; for a non-paged document (HTML,
+        DOCX, EPUB) its heading path and paragraphs, `section "Install > Linux" (paragraph 12)`."""
+        r = self.record
+        if not is_paged(r.source):
+            return location(r.source, r.page_start, r.page_end, r.section)
+        return f"page {self.pages}" if r.page_start == r.page_end else f"pages {self.pages}"
+
     def to_json(self) -> dict[str, Any]:
         r = self.record
         return {"text": r.text, "source": r.source, "page": r.page_start, "page_end": r.page_end,
-                "chunk": r.chunk, "id": r.id, "score": round(self.score, 6)}
+                "section": r.section, "chunk": r.chunk, "id": r.id, "score": round(self.score, 6)}
 
 
 @dataclass(frozen=True)
@@ -60,25 +70,35 @@ class SearchPage:
     page_size: int
     total: int
     hits: list[SearchHit] = field(default_factory=list)
+    depth: int | None = None  # how deep the ranking went: a total this large means "at least this many"
 
     @property
     def num_pages(self) -> int:
         return math.ceil(self.total / self.page_size) if self.page_size else 0
 
-    def format(self) -> str:
+    @property
+    def total_label(self) -> str:
+        """"37 results", or "the top 200 results" when the ranking stopped at its depth (there may be more)."""
+        if self.depth is not None and self.total >= self.depth:
+            return f"the top {self.total} results"
+        return f"{self.total} results"
+
+    def format(self, scores: bool = False) -> str:
         """The text the user and the agent see, headed like the paper's Figure 6."""
         if not self.hits:
             if self.total and self.page >= self.num_pages:
                 return f"No results on page {self.page}: there are {self.num_pages} pages (0-{self.num_pages - 1})."
             return "No results found."
-        lines = [f"Showing {len(self.hits)} of {self.total} results (page {self.page}/{self.num_pages - 1}):"]
+        lines = [f"Showing {len(self.hits)} of {self.total_label} (page {self.page}/{self.num_pages - 1}):"]
         for n, hit in enumerate(self.hits, start=self.page * self.page_size + 1):
             r = hit.record
-            lines.append(f"[{n}] {r.source}, page {hit.pages} (chunk {r.chunk}):\n{r.text.strip()}")
+            score = f", score {hit.score:.4f}" if scores else ""
+            lines.append(f"[{n}] {r.source}, {hit.where} (chunk {r.chunk}{score}):\n{r.text.strip()}")
         return "\n\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {"query": self.query, "page": self.page, "num_pages": self.num_pages, "total": self.total,
+                "total_is_depth": self.depth is not None and self.total >= self.depth,
                 "results": [hit.to_json() for hit in self.hits]}
 
 
@@ -96,9 +116,7 @@ class ArchivalStore:
         self.settings = settings
         self._embedder = embedder
         self._rankings: OrderedDict[tuple, list[tuple[str, float]]] = OrderedDict()
-        if not _COLLECTION_NAME.fullmatch(settings.collection):
-            raise StoreError(f"invalid collection name '{settings.collection}': use 3 to 500 letters, digits, "
-                             "'.', '_' or '-', starting and ending with a letter or digit")
+        check_collection_name(settings.collection)
         if settings.chroma_url:
             from docqa.server_catalog import ServerCatalog, connect_server
 
@@ -152,6 +170,43 @@ class ArchivalStore:
         if self._embedder is None:
             self._embedder = load_embedder(self.settings.embedding_model, self.settings.embedding_backend)
         return self._embedder
+
+    _query_embedder: Any = None
+
+    @property
+    def query_embedder(self) -> Any:
+        """What embeds queries: the transformer's verified ONNX export when one is cached (no torch import:
+        a cold search is ~0.7 s instead of 5-10 s), else the store's embedder. An embedder given to the
+        store is always used as is."""
+        if self._query_embedder is None:
+            fast = None
+            if self._embedder is None and self.settings.embedding_backend == "torch":
+                from docqa.embeddings import load_query_embedder
+
+                fast = load_query_embedder(self.settings.embedding_model)
+            if fast is None and self._embedder is None and self.settings.embedding_backend == "torch":
+                # No export yet (a store made before there was one): torch is loaded for this query anyway,
+                # so make it now for the next process.
+                from docqa.embeddings import prepare_query_embedder
+
+                prepare_query_embedder(self.embedder)
+            self._query_embedder = fast or self.embedder
+        return self._query_embedder
+
+    def query_path_pending(self) -> bool:
+        """Whether prepare_query_path would export the transformer now (it takes 5-15 s, once)."""
+        if self._embedder is None or self._embedder.backend != "torch":
+            return False
+        from docqa.embeddings import query_export_pending
+
+        return query_export_pending(self._embedder)
+
+    def prepare_query_path(self) -> None:
+        """If this process loaded the transformer, export it for fast queries (once per model and machine)."""
+        if self._embedder is not None and self._embedder.backend == "torch":
+            from docqa.embeddings import prepare_query_embedder
+
+            prepare_query_embedder(self._embedder)
 
     def _model_key(self) -> str:
         return f"{self.settings.embedding_backend}:{self.settings.embedding_model}"
@@ -221,7 +276,7 @@ class ArchivalStore:
             with self._chroma() as collection:
                 collection.upsert(ids=[r[0] for r in batch], embeddings=vectors, documents=[r[1] for r in batch],
                                   metadatas=[{"source": r[2], "generation": r[3], "chunk": r[4], "page_start": r[5],
-                                              "page_end": r[6]} for r in batch])
+                                              "page_end": r[6], "section": r[7]} for r in batch])
         self.catalog.set_meta("vectors_rebuild", "")
 
     def recover(self) -> int:
@@ -273,7 +328,7 @@ class ArchivalStore:
     def record_chunks(self, generation: str, source: str, chunks: Sequence[Chunk]) -> None:
         """Put chunks of a begun document in the catalog (first: the catalog must know of every vector)."""
         self.catalog.add_chunks(generation, source, [(f"{generation}:{c.index}", c.index, c.page_start, c.page_end,
-                                                      c.content_hash, c.text) for c in chunks])
+                                                      c.content_hash, c.text, c.section) for c in chunks])
 
     def add_vectors(self, items: Sequence[tuple[str, str, Chunk]], vectors: np.ndarray) -> None:
         """Write recorded chunks of any number of begun documents, (generation, source, chunk) each, to Chroma
@@ -283,8 +338,8 @@ class ArchivalStore:
                 ids=[f"{generation}:{c.index}" for generation, _, c in items],
                 embeddings=vectors,
                 documents=[c.text for _, _, c in items],
-                metadatas=[{"source": source, "generation": generation, "chunk": c.index,
-                            "page_start": c.page_start, "page_end": c.page_end} for generation, source, c in items],
+                metadatas=[{"source": source, "generation": generation, "chunk": c.index, "page_start": c.page_start,
+                            "page_end": c.page_end, "section": c.section} for generation, source, c in items],
             )
 
     def commit_document(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> None:
@@ -342,7 +397,7 @@ class ArchivalStore:
         window = ranking[page * size : (page + 1) * size]
         records = self.catalog.records([chunk_id for chunk_id, _ in window])
         hits = [SearchHit(records[i], score) for i, score in window if i in records]
-        return SearchPage(query, page, size, len(ranking), hits)
+        return SearchPage(query, page, size, len(ranking), hits, depth=self.settings.search_depth)
 
     def ranking(self, query: str, mode: str = "hybrid") -> list[tuple[str, float]]:
         """The whole fixed-depth ranking, (chunk id, score) best first; cached so paging is cheap."""
@@ -410,9 +465,17 @@ class ArchivalStore:
     @property
     def reranker(self) -> Any:
         if self._reranker is None:
+            from docqa.embeddings import load_query_embedder
             from docqa.static_embeddings import Reranker
 
-            self._reranker = Reranker(load_embedder(self.settings.embedding_model, "torch"), self.settings.batch_size)
+            # The transformer's ONNX export embeds the same vectors without importing torch.
+            transformer = load_query_embedder(self.settings.embedding_model)
+            if transformer is None:
+                from docqa.embeddings import prepare_query_embedder
+
+                transformer = load_embedder(self.settings.embedding_model, "torch")
+                prepare_query_embedder(transformer)  # torch is loaded now: spare the next process
+            self._reranker = Reranker(transformer, self.settings.batch_size)
         return self._reranker
 
     def _rerank(self, query: str, ranking: list[tuple[str, float]],
@@ -439,7 +502,7 @@ class ArchivalStore:
         # search at 100k chunks, and Chroma simply returns fewer results when it holds fewer.)
         if not query.strip() or not self.catalog.total_chunks():
             return []
-        vector = self.embedder.embed([query])
+        vector = self.query_embedder.embed([query])
         for attempt in (1, 2):
             try:
                 with self._chroma() as collection:
@@ -458,6 +521,12 @@ class ArchivalStore:
         ids, distances = result["ids"][0], result["distances"][0]
         committed = self.catalog.committed(ids)
         return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i in committed][:depth]
+
+
+def check_collection_name(name: str) -> None:
+    if not _COLLECTION_NAME.fullmatch(name):
+        raise StoreError(f"invalid collection name '{name}': use 3 to 500 letters, digits, "
+                         "'.', '_' or '-', starting and ending with a letter or digit")
 
 
 def valid_utf8(text: str) -> str:

@@ -186,7 +186,7 @@ def test_memory_pressure_eviction_summary_and_recall(kv_store: tuple[Path, str, 
 
 
 def test_core_memory_persists_across_chat_runs(tmp_path: Path, kv_store: tuple[Path, str, str, list[str]]) -> None:
-    store = tmp_path / "store"
+    store = kv_store[0]  # chat needs an ingested store: it never creates one
 
     def policy(body: dict[str, Any]) -> dict[str, Any]:
         user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]

@@ -131,7 +131,7 @@ def test_search_reports_the_page_a_word_is_on(tmp_path: Path, embedder: Any) -> 
     assert "flamingo" in hit["text"] and "Heron" in hit["text"]
     assert (hit["page"], hit["page_end"]) == (1, 2)
     text = invoke("search", "flamingo heron", "--mode", "lexical", "--page-size", 1).stdout
-    assert re.search(r"paged\.pdf, page 1-2\b", text), text
+    assert re.search(r"paged\.pdf, pages 1-2\b", text), text
 
 
 # -- idempotency, replacement, delete ---------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_bad_files_are_reported_and_good_ones_go_in(tmp_path: Path, embedder: An
     }
     for name, (writer, _) in bad.items():
         writer(docs / name)
-    (docs / "report.docx").write_bytes(b"PK\x03\x04 not read by docqa")
+    (docs / "report.xlsx").write_bytes(b"PK\x03\x04 not read by docqa")
     missing = tmp_path / "missing.pdf"
 
     # The scenario, run as a user runs it.
@@ -298,7 +298,7 @@ def test_bad_files_are_reported_and_good_ones_go_in(tmp_path: Path, embedder: An
     lines = done.stderr.splitlines()
     for name, error in failed.items():  # one line per bad file, naming it and the reason
         assert [line for line in lines if name in line and error in line], name
-    assert [line for line in lines if "report.docx" in line and "unsupported" in line]
+    assert [line for line in lines if "report.xlsx" in line and "unsupported" in line]
     note = [line for line in lines if "latin1.txt" in line]
     assert note and "Latin-1" in note[0] and "UTF-8" in note[0]
 

@@ -96,7 +96,10 @@ def test_bad_page_is_a_usage_error(corpus: Path) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
-def test_empty_store_says_so(embedder: Any) -> None:
+def test_empty_store_says_so(tmp_path: Path, embedder: Any) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    invoke("ingest", empty)  # fails (no text) but leaves an empty store
     result = invoke("search", "anything at all")
     assert result.exit_code == 0 and result.stdout.strip() == "No results found."
     assert search_json("anything")["total"] == 0

@@ -211,6 +211,25 @@ def test_search_as_a_subprocess(tmp_path: Path, remote: str, embedder: Any) -> N
     assert done.stdout.startswith("Showing 1 of 1 results (page 0/0):") and "incident.txt, page 1" in done.stdout
 
 
+def test_sections_are_kept_on_the_server(tmp_path: Path, remote: str, embedder: Any) -> None:
+    from docqa.server_catalog import _record
+    from tests.formats import write_html_manual
+
+    paragraphs = real_text_paragraphs(4)
+    write_html_manual(tmp_path / "docs" / "guide.html", [
+        ("h1", "Guide"), ("p", paragraphs[0]), ("h2", "Backups"), ("p", paragraphs[1]),
+        ("p", "Snapshots of the walrus database are taken every Tuesday."), ("p", paragraphs[2])])
+    assert ingest_json(tmp_path / "docs", "--chunk-tokens", 100, "--overlap", 20)[0] == 0
+    hit = search_json("walrus", "--mode", "lexical")["results"][0]
+    assert Path(hit["source"]).name == "guide.html" and hit["section"] == "Guide > Backups", hit
+    assert {meta["section"] for _, meta in stored_chunks()} >= {"Guide", "Guide > Backups"}
+    shown = invoke("search", "walrus", "--mode", "lexical").stdout
+    assert 'guide.html, section "Guide > Backups" (paragraph' in shown, shown
+    # A chunk stored before sections were kept has no "section" in its metadata.
+    old = _record("g:0", "text", {"source": "a.html", "page_start": 2, "page_end": 3, "chunk": 0})
+    assert old.section == ""
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     done = run_docqa("search", "anything", "--chroma-url", url)
