@@ -90,6 +90,7 @@ def test_an_always_failing_server_stops_the_run_after_three_failures(tmp_path: P
     assert len(errors) == 1 and "3 failed requests in a row" in errors[0] and "HTTP 500" in errors[0]
     assert "Traceback" not in result.output
     assert len(rows(tmp_path)) == 3  # of 8 planned
+    assert len(server.requests) == 3  # one request per failed sample: no retries hide behind them
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["errors"] == 3 and summary["levels"]["0"]["misses"] == 0
 

@@ -335,8 +335,10 @@ def make_client(settings: Settings, model: str | None = None, purpose: str = "th
     if not name:
         raise BenchError(f"{purpose} needs an LLM: pass --model (and --base-url for a local OpenAI-compatible "
                          "server), or set DOCQA_MODEL; --mode ceiling needs none")
+    # No silent retries: a failed sample is one failed request, so "3 in a row" stops the run after 3 requests,
+    # and a re-run retries the samples that errored.
     return ChatClient(name, base_url=settings.base_url, api_key=settings.api_key, mode=settings.llm_mode,
-                      timeout=settings.llm_timeout, fold_system=settings.fold_system)
+                      timeout=settings.llm_timeout, fold_system=settings.fold_system, max_retries=0)
 
 
 def estimate_uuid_tokens(text: str) -> int:
