@@ -95,6 +95,14 @@ def test_an_always_failing_server_stops_the_run_after_three_failures(tmp_path: P
     assert summary["errors"] == 3 and summary["levels"]["0"]["misses"] == 0
 
 
+def test_no_progress_bar_off_a_terminal(tmp_path: Path) -> None:
+    with FakeLLMServer(kv_baseline_policy) as server:
+        result = run_bench("nested-kv", "--mode", "baseline", "--levels", "0", "--samples", 2, "--out", tmp_path,
+                           "--model", "fake", "--base-url", server.base_url, "--api-key", "x")
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and "nested-kv baseline:" not in result.stderr  # no tqdm bar in a log
+
+
 def test_failures_after_successes_stop_the_run_too(tmp_path: Path) -> None:
     answered: list[int] = []
 
@@ -111,7 +119,7 @@ def test_failures_after_successes_stop_the_run_too(tmp_path: Path) -> None:
 
 
 def test_one_failed_sample_is_an_error_not_a_miss_and_a_rerun_retries_it(tmp_path: Path) -> None:
-    with FakeLLMServer(kv_baseline_policy, faults=["500"] * 4) as server:  # the first request and its 3 retries
+    with FakeLLMServer(kv_baseline_policy, faults=["500"]) as server:  # the first sample's one request fails
         first = kv_baseline(tmp_path, server, "--context-window", 16384, "--json", samples=2)
         summary = json.loads(first.stdout)
         assert first.exit_code == 1 and "1 of 4 samples failed at the LLM endpoint" in first.stderr

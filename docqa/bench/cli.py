@@ -48,7 +48,7 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Store for the benchmark's archival memory [default OUT/store]; share one between "
                      "modes to build it once."),
         click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of the table."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bars."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars (they are shown only on a terminal)."),
     ]
     return _bench_llm_options(with_options(command, options))
 
@@ -113,7 +113,7 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
     out = out or Path("bench-out") / f"nested-kv-{mode}"
     config = task.Config(levels=_ints(levels, "--levels", 0, task.MAX_LEVEL), samples=samples, mode=mode, out=out,
                          data_dir=data_dir or task.DEFAULT_DATA_DIR,
-                         settings=_settings(out, context_window=context_window, **flags), progress=not quiet,
+                         settings=_settings(out, context_window=context_window, **flags), progress=not quiet and sys.stderr.isatty(),
                          scoring=scoring)
     _finish(task.run(config), as_json, render_nested_kv)
 
@@ -169,6 +169,6 @@ def doc_qa(data: Path | None, questions: str, seed: int, split: str, scoring: st
     settings = _settings(out, context_window=context_window, **flags)
     config = task.Config(data=data or task.DEFAULT_DATA, questions=count, seed=seed, mode=mode,
                          ks=_ints(ks, "--k", 1, settings.search_depth), out=out, settings=settings,
-                         judge_model=judge_model, prompt_style=prompt_style, progress=not quiet, scoring=scoring,
+                         judge_model=judge_model, prompt_style=prompt_style, progress=not quiet and sys.stderr.isatty(), scoring=scoring,
                          split=split)
     _finish(task.run(config), as_json, render_doc_qa)
