@@ -113,8 +113,8 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
     out = out or Path("bench-out") / f"nested-kv-{mode}"
     config = task.Config(levels=_ints(levels, "--levels", 0, task.MAX_LEVEL), samples=samples, mode=mode, out=out,
                          data_dir=data_dir or task.DEFAULT_DATA_DIR,
-                         settings=_settings(out, context_window=context_window, **flags), progress=not quiet and sys.stderr.isatty(),
-                         scoring=scoring)
+                         settings=_settings(out, context_window=context_window, **flags),
+                         progress=not quiet and sys.stderr.isatty(), scoring=scoring)
     _finish(task.run(config), as_json, render_nested_kv)
 
 
@@ -169,6 +169,6 @@ def doc_qa(data: Path | None, questions: str, seed: int, split: str, scoring: st
     settings = _settings(out, context_window=context_window, **flags)
     config = task.Config(data=data or task.DEFAULT_DATA, questions=count, seed=seed, mode=mode,
                          ks=_ints(ks, "--k", 1, settings.search_depth), out=out, settings=settings,
-                         judge_model=judge_model, prompt_style=prompt_style, progress=not quiet and sys.stderr.isatty(), scoring=scoring,
-                         split=split)
+                         judge_model=judge_model, prompt_style=prompt_style,
+                         progress=not quiet and sys.stderr.isatty(), scoring=scoring, split=split)
     _finish(task.run(config), as_json, render_doc_qa)
