@@ -66,6 +66,16 @@ def kv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     return store, key, expected
 
 
+def ingested_store(tmp_path: Path) -> Path:
+    """A store holding one small document: chat and list need a store, and never create one."""
+    (tmp_path / "note.txt").write_text("The meeting is on Tuesday in room 4.\n")
+    store = tmp_path / "store"
+    report = Ingestor(ArchivalStore(resolve(store_dir=store)), progress=False, notice=lambda m: None).run(
+        [tmp_path / "note.txt"])
+    assert report.files_ingested == 1
+    return store
+
+
 def run(*args: object, input: str | None = None) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
 
@@ -245,7 +255,7 @@ def chat(server: FakeLLMServer, store: Path, session: str, lines: list[str], *ex
 
 
 def test_chat_help_memory_and_resumed_banner(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+    store = ingested_store(tmp_path)
     with FakeLLMServer(echo_policy) as server:
         first = chat(server, store, "s", ["/help", "My name is Ada", "/memory", "hello there"])
         saved = SessionStore(store / "sessions.sqlite3").load("s")
@@ -266,7 +276,7 @@ def test_chat_help_memory_and_resumed_banner(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("failure", ["server-error", "step-limit"])
 def test_chat_exits_1_when_a_turn_fails(tmp_path: Path, failure: str) -> None:
-    store = tmp_path / "store"
+    store = ingested_store(tmp_path)
     if failure == "server-error":  # the first request and its three retries fail; the second turn works
         server, extra = FakeLLMServer(echo_policy, faults=["500"] * 4), ()
     else:
@@ -285,7 +295,7 @@ def test_chat_exits_1_when_a_turn_fails(tmp_path: Path, failure: str) -> None:
 
 # -- 7. docqa sessions -------------------------------------------------------------------------------------
 def test_sessions_list_delete_and_json(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+    store = ingested_store(tmp_path)
     with FakeLLMServer(echo_policy) as server:
         chat(server, store, "alpha", ["one"])
         chat(server, store, "beta", ["two", "three"])
@@ -310,7 +320,7 @@ def test_sessions_list_delete_and_json(tmp_path: Path) -> None:
 
 
 def test_sessions_on_a_store_without_sessions(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+    store = ingested_store(tmp_path)
     assert run("list", "--store", store).exit_code == 0  # an existing store, never chatted with
     listed = run("sessions", "--store", store)
     as_json = run("sessions", "--store", store, "--json")
@@ -321,7 +331,7 @@ def test_sessions_on_a_store_without_sessions(tmp_path: Path) -> None:
 
 # -- 8. two processes on one session -----------------------------------------------------------------------
 def test_two_chat_processes_on_one_session_lose_no_turns(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+    store = ingested_store(tmp_path)
 
     def slow(body: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.5)  # long enough that the other process's turn starts meanwhile
