@@ -205,10 +205,12 @@ class Agent:
         self._manage_memory(result)
         try:
             self.context.check_fits()
-        except ContextError as too_small:
+        except ContextError:
+            fixed = int(self.context.fixed_tokens() * scale)
             raise LLMError(f"{exc}. docqa's window was {self.settings.context_window:,} tokens and the server's is "
-                           f"{server:,}, too small for this prompt ({too_small}): start the server with a larger "
-                           "window (llama.cpp -c, vLLM --max-model-len, Ollama num_ctx)") from None
+                           f"{server:,}: the fixed part of docqa's prompt alone (instructions, core memory and "
+                           f"function schemas) takes about {fixed:,} of the server's tokens, so start the server with "
+                           "a larger window (llama.cpp -c, vLLM --max-model-len, Ollama num_ctx)") from None
         return self._call_llm(result)
 
     def _run_functions(self, reply: Reply, result: AgentResult) -> bool:

@@ -22,7 +22,7 @@ from docqa.memory import SUMMARY_HEADING, CoreMemory, SessionStore, message_toke
 WARNING_FRACTION = 0.70  # memory-pressure alert (the paper's warning token count)
 TARGET_FRACTION = 0.50  # evict down to about this
 REPLY_RESERVE_FRACTION = 0.125  # of the window kept free for the model's reply (the window holds both)
-REPLY_RESERVE_MAX = 1024
+REPLY_RESERVE_MAX = 512  # a function call or an answer; more only makes a slow local server slower to stop
 CUT_NOTE = ("\n[docqa cut this function result to fit the context window: it shows {kept} of {total} characters. "
             "For the rest, ask for the next page, or search with a narrower query.]")
 MIN_KEPT_CHARS = 200

@@ -425,6 +425,7 @@ def _too_long(detail: str, body: object) -> bool:
 
 # Where they say how many tokens the refused prompt had (vLLM/OpenAI, llama-cpp-python, llama.cpp, TGI).
 _REQUESTED = [re.compile(p, re.IGNORECASE) for p in (
+    r"(\d+) in the messages",  # vLLM's count of the prompt alone; its "you requested N" adds max_tokens
     r"you requested (\d+) tokens", r"your messages resulted in (\d+) tokens", r"requested tokens \((\d+)\)",
     r'"n_prompt_tokens"\s*:\s*(\d+)', r"given: (\d+) `inputs` tokens", r"request has (\d+) input tokens")]
 

@@ -295,3 +295,23 @@ def test_api_key_never_appears_in_errors(fault: str) -> None:
     assert SECRET not in message
     if fault == "401":
         assert "rejected the API key (401)" in message and "OPENAI_API_KEY" in message
+
+
+@pytest.mark.parametrize("wording, window, prompt", [
+    ("This model's maximum context length is 2048 tokens. However, you requested 3547 tokens (2523 in the "
+     "messages, 1024 in the completion). Please reduce the length of the messages or completion.", 2048, 2523),
+    ("Requested tokens (2209) exceed context window of 2048", 2048, 2209),
+    ("the request exceeds the available context size, try increasing it", None, None),
+])
+def test_a_prompt_over_the_window_names_the_servers_window_and_count(wording: str, window: int | None,
+                                                                     prompt: int | None) -> None:
+    from docqa.llm import PromptTooLong
+    from tests.fake_llm import ServerReply
+
+    def policy(body: dict[str, Any]) -> dict[str, Any]:
+        raise ServerReply(400, wording)
+
+    with FakeLLMServer(policy) as server, pytest.raises(PromptTooLong) as caught:
+        client_for(server, max_retries=0).complete(QUESTION)
+    assert (caught.value.server_window, caught.value.requested) == (window, prompt)
+    assert "too long for its context window" in str(caught.value)
