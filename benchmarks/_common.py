@@ -141,8 +141,8 @@ def kv_passage(key: str, value: str) -> str:
 def store_of(settings: Any, embedder: Any, texts: list[str], vectors: np.ndarray, source: str = "/bench/corpus.txt",
              batch: int = 256) -> Any:
     """A store holding `texts` as one document, one chunk each, with these vectors (no model run)."""
+    from docqa.archive.store import ArchivalStore
     from docqa.chunking import Chunk
-    from docqa.store import ArchivalStore
 
     store = ArchivalStore(settings, embedder)
     file_hash = "a" * 64

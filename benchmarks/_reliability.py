@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import RESULTS, machine  # noqa: E402
-from tests.documents import real_text_paragraphs, write_multipage_pdf, write_text  # noqa: E402
+from testkit.documents import real_text_paragraphs, write_multipage_pdf, write_text  # noqa: E402
 
 DOCQA = Path(sys.executable).parent / "docqa"
 COLLECTION = "docqa"
@@ -154,7 +154,7 @@ class Run:
 
 
 def _run_cli(args: list[str], env: dict[str, str] | None) -> int:
-    from docqa.cli import main
+    from docqa.cli.main import main
 
     os.environ.update(env or {})
     try:
@@ -223,7 +223,7 @@ def in_child(function: Any, *args: Any, timeout: float = 600) -> Any:
 
 def load_model() -> None:
     """Load the default embedder once, so forked children inherit it (and never run it here)."""
-    from docqa.embeddings import load_embedder
+    from docqa.embeddings.load import load_embedder
 
     load_embedder()
 
@@ -285,9 +285,9 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
     """
     import numpy as np
 
-    from docqa.embeddings import load_embedder
+    from docqa.archive.store import ArchivalStore
+    from docqa.embeddings.load import load_embedder
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
     problems: list[str] = []
     store_dir = Path(store)

@@ -3,7 +3,7 @@
     python benchmarks/agent_overhead.py            # 20 nested-KV questions + 20 paging questions (~3 minutes)
     python benchmarks/agent_overhead.py --quick    # 4 + 4, under 2 minutes
 
-The agent runs against the test LLM server (tests/fake_llm.py: a real OpenAI-protocol HTTP server on
+The agent runs against the test LLM server (testkit/fake_llm.py: a real OpenAI-protocol HTTP server on
 localhost playing a deterministic policy), with a session store on disk as `docqa ask` uses. A step is
 one LLM call and what docqa does around it: memory management and prompt assembly before the call,
 running the called functions (archival_memory_search embeds the query and searches the store) and
@@ -14,7 +14,7 @@ also gets the time from its call to the end of the turn). The LLM call is the wh
 request's JSON, is counted as LLM time. Tool execution and session saves are also timed on their own.
 
 Two workloads on a store of the 140 nested-KV pairs plus NQ-open passages (embedded by MiniLM):
-- nested KV (tests/kv_policy.py): one search per hop, then the answer (2-5 steps);
+- nested KV (testkit/kv_policy.py): one search per hop, then the answer (2-5 steps);
 - paging: search a question, read pages 0, 1 and 2 of its results, then answer (4 steps).
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fake_llm, the test LLM server
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for testkit.fake_llm, the test LLM server
 
 from _common import (  # noqa: E402
     KV_DATA,
@@ -102,10 +102,10 @@ def build_store(store_dir: Path, texts: list[str], vectors: Any, embedder: Any) 
 
 
 def run_turn(store: Any, policy: Any, question: str, sessions_path: Path, session: str) -> dict:
-    from docqa.agent import Agent
-    from docqa.llm import ChatClient
-    from docqa.memory import SessionStore
-    from tests.fake_llm import FakeLLMServer
+    from docqa.agent.llm import ChatClient
+    from docqa.agent.loop import Agent
+    from docqa.agent.memory import SessionStore
+    from testkit.fake_llm import FakeLLMServer
 
     with FakeLLMServer(policy) as server:
         client = TimedClient(ChatClient("fake", base_url=server.base_url, api_key="sk-bench"))
@@ -132,7 +132,7 @@ def run_turn(store: Any, policy: Any, question: str, sessions_path: Path, sessio
 
 
 def paging_policy(question: str) -> Any:
-    from tests.fake_llm import scripted_policy
+    from testkit.fake_llm import scripted_policy
 
     return scripted_policy([
         ("archival_memory_search", {"query": question, "request_heartbeat": True}),
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     info = machine()
     print(f"load average at start: {info['load_average']}")
-    from docqa.embeddings import load_embedder
-    from tests.kv_policy import nested_kv_policy
+    from docqa.embeddings.load import load_embedder
+    from testkit.kv_policy import nested_kv_policy
 
     embedder = load_embedder()
     records = nq_questions()

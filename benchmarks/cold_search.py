@@ -8,7 +8,7 @@ Every measured command is a new process, as a user types it, with a query it has
 to help). Rounds alternate hybrid, lexical and ask, so load from other processes falls on all three alike;
 the figures are medians, and the ratio is hybrid / lexical within the run (target <= 1.5: a hybrid search
 should cost little more than one that loads no model). `ask` runs against the test LLM server
-(tests/fake_llm.py) in this process; the time to its first chat-completions request is what the user waits
+(testkit/fake_llm.py) in this process; the time to its first chat-completions request is what the user waits
 before the LLM is even asked (target <= 2 s). The store is built first with `docqa ingest`, which also
 makes the ONNX export the fast query path uses (if this machine has none yet).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.fake_llm, the test LLM server
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for testkit.fake_llm, the test LLM server
 
 from _common import machine, nq_questions, passage_text, write_result  # noqa: E402
 
@@ -45,7 +45,7 @@ def run(*args: str, env: dict[str, str]) -> float:
 
 def timed_ask(question: str, store: Path, env: dict[str, str]) -> tuple[float, float]:
     """(seconds to the first chat request, seconds for the whole process) of one `docqa ask`."""
-    from tests.fake_llm import FakeLLMServer, scripted_policy
+    from testkit.fake_llm import FakeLLMServer, scripted_policy
 
     first: list[float] = []
     lock = threading.Lock()

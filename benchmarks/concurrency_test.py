@@ -107,9 +107,9 @@ def two_writers(name: str, first: list[Path], second: list[Path], corpus: Corpus
 
 def long_lived_reader(store: str, words: dict[str, str], done_flag: str) -> dict[str, Any]:
     """Search every 0.2 s with one store object until done_flag exists (runs in a child)."""
-    from docqa.embeddings import load_embedder
+    from docqa.archive.store import ArchivalStore
+    from docqa.embeddings.load import load_embedder
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
     searches = 0
     errors: list[str] = []

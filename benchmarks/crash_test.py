@@ -54,10 +54,10 @@ def ingest_args(corpus: Corpus, store: Path) -> list[str]:
 
 def make_stress_collection(store: str) -> bool:
     """Create the store's collection with Chroma saving its index every 8 vectors (runs in a child)."""
+    from docqa.archive.chroma import local_client
     from docqa.settings import Settings
-    from docqa.store import _local_client
 
-    client = _local_client(Settings(store_dir=Path(store)).store_dir)
+    client = local_client(Settings(store_dir=Path(store)).store_dir)
     client.create_collection(COLLECTION, embedding_function=None,
                              metadata={"hnsw:space": "cosine", "hnsw:sync_threshold": 8, "hnsw:batch_size": 4})
     return True

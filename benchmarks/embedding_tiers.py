@@ -80,7 +80,7 @@ def build_store(store_dir: Path, backend: str, embedder: Any, texts: list[str], 
 
 def with_rerank(store: Any, depth: int, reranker: Any) -> Any:
     """Another view of the same store, re-ranking `depth` results (own ranking cache)."""
-    from docqa.store import ArchivalStore
+    from docqa.archive.store import ArchivalStore
 
     view = ArchivalStore(store.settings.with_(rerank_depth=depth), store.embedder)
     view._reranker = reranker
@@ -103,9 +103,9 @@ def recall(ranks: np.ndarray) -> dict[str, float]:
 
 
 def ingest_pdf(pdf: Path, store_dir: Path, backend: str, embedder: Any) -> dict:
-    from docqa.ingest import Ingestor
+    from docqa.archive.store import ArchivalStore
+    from docqa.ingest.pipeline import Ingestor
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
     store = ArchivalStore(Settings(store_dir=store_dir, embedding_backend=backend), embedder)
     with Timer() as timer:
@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"load average at start: {info['load_average']}")
 
-    from docqa.embeddings import load_embedder, model_location
-    from docqa.static_embeddings import DEFAULT_RERANK_DEPTH, Reranker, cache_dir
+    from docqa.archive.rerank import DEFAULT_RERANK_DEPTH, Reranker
+    from docqa.embeddings.load import load_embedder
+    from docqa.embeddings.static import cache_dir
+    from docqa.embeddings.transformer import model_location
 
     if not args.quick:
         # The full run pays the static model's one-time distillation too: a fresh cache.
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "dimension": static_embedder.dimension,
                                                "recipe": "model2vec distill recipe (mean pooling of each token "
                                                          "alone through MiniLM, PCA 256, SIF 1e-4), written "
-                                                         "out in docqa/static_embeddings.py"}}
+                                                         "out in docqa/embeddings/static.py"}}
 
     with tempfile.TemporaryDirectory(prefix="docqa-bench-") as tmp:
         workdir = Path(tmp)

@@ -4,7 +4,7 @@ Tuning sets: the dev half of the NQ-open questions (data/nq_open/nq-open-oracle.
 140 UUID keys. Held-out sets, never looked at to choose: the test half of the NQ questions, 140 fresh UUID pairs
 and 60 fresh letter-and-digit codes, generated here with a seed of their own.
 
-For each candidate `docqa.fusion.LEXICAL_BONUS` the script measures, on the tuning sets only, hybrid recall@K of
+For each candidate `docqa.archive.fusion.LEXICAL_BONUS` the script measures, on the tuning sets only, hybrid recall@K of
 the gold passage (the bench's corpus store: every passage of the oracle file) and the share of the paper's keys
 whose pair ranks first. It picks the candidate with the best dev recall@1 (then @2, @5, @10) among those that
 put every paper key first, and only then measures the held-out sets with the pick (and with the shipped value,
@@ -52,10 +52,10 @@ def fresh_code(rng: random.Random) -> str:
 
 def ingest_texts(store_dir: Path, collection: str, texts: list[str], embedder: Any) -> Any:
     """A store holding one text file per entry, through the real ingestion pipeline."""
+    from docqa.archive.store import ArchivalStore
     from docqa.bench.common import chunk_texts
-    from docqa.ingest import Ingestor
-    from docqa.settings import resolve
-    from docqa.store import ArchivalStore
+    from docqa.cli.config import resolve
+    from docqa.ingest.pipeline import Ingestor
 
     settings = resolve(store_dir=store_dir).with_(collection=collection, chroma_url=None)
     directory = store_dir / "documents" / collection
@@ -97,9 +97,9 @@ def raw_rankings(store: Any, questions: list[Any]) -> list[tuple[Any, list, list
 
 def nq_recall(store: Any, raw: list[tuple[Any, list, list, list]], passage_of_chunk: dict[str, int | None]
               ) -> dict[str, float]:
-    """Hybrid recall@K of the gold passage with the current docqa.fusion.LEXICAL_BONUS."""
+    """Hybrid recall@K of the gold passage with the current docqa.archive.fusion.LEXICAL_BONUS."""
+    from docqa.archive.fusion import add_identifier_bonuses, fuse, lexical_bonuses
     from docqa.bench.doc_qa import gold_rank, passage_of
-    from docqa.fusion import add_identifier_bonuses, fuse, lexical_bonuses
 
     depth = store.settings.search_depth
     ranks = []
@@ -121,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     candidates = [float(c) for c in args.candidates.split(",")]
 
-    import docqa.fusion as fusion
-    from docqa.bench import doc_qa
+    import docqa.archive.fusion as fusion
+    from docqa.bench import doc_qa, doc_qa_data
     from docqa.bench.common import CachedEmbedder
-    from docqa.bench.nested_kv import DEFAULT_DATA_DIR, load_records, passage
-    from docqa.embeddings import load_embedder
-    from docqa.settings import resolve
+    from docqa.bench.nested_kv_data import DEFAULT_DATA_DIR, load_records, passage
+    from docqa.cli.config import resolve
+    from docqa.embeddings.load import load_embedder
 
     shipped = fusion.LEXICAL_BONUS
     started = time.perf_counter()
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     store_dir = args.store or scratch / "store"
     settings = resolve(store_dir=store_dir).with_(chroma_url=None)
     embedder = CachedEmbedder(load_embedder(settings.embedding_model, settings.embedding_backend))
-    dataset = doc_qa.load_dataset(doc_qa.DEFAULT_DATA)
-    halves = doc_qa.load_split(dataset)
+    dataset = doc_qa_data.load_dataset(doc_qa_data.DEFAULT_DATA)
+    halves = doc_qa_data.load_split(dataset)
     assert halves is not None, "the committed split does not match the shipped NQ file"
     nq = doc_qa.corpus_store(dataset, settings, embedder, progress=True)
     dev = [dataset.questions[i] for i in halves["dev"] if dataset.questions[i].gold]

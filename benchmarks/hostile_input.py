@@ -1,6 +1,6 @@
 """Hostile input at scale: many generated files through the readers and the chunker, then real ingests.
 
-The same inputs as tests/test_hostile_input.py (tests/hostile.py), in larger numbers: random bytes named
+The same inputs as tests/test_hostile_input.py (testkit/hostile.py), in larger numbers: random bytes named
 .txt/.md/.pdf, text with NULs, lone surrogates, bidi controls and zero-width characters in several
 encodings, the same characters coming out of a PDF's ToUnicode map or handed straight to the chunker,
 markdown nested tens of thousands deep, randomly damaged PDFs, and hand-made ones (broken xref table,
@@ -37,14 +37,14 @@ from hypothesis import strategies as st  # noqa: E402
 from benchmarks._reliability import Run, in_child, inspect_store, load_model, record  # noqa: E402
 from docqa.chunking import chunk_pages  # noqa: E402
 from docqa.readers import Page  # noqa: E402
-from tests.documents import (  # noqa: E402
+from testkit.documents import (  # noqa: E402
     write_broken_xref_pdf,
     write_corrupt_pdf,
     write_cyclic_pages_pdf,
     write_text,
     write_truncated_pdf,
 )
-from tests.hostile import (  # noqa: E402
+from testkit.hostile import (  # noqa: E402
     CHUNK_TOKENS,
     OVERLAP,
     Outcome,
@@ -60,8 +60,8 @@ from tests.hostile import (  # noqa: E402
     read_and_chunk,
     reference_loop_pdf,
     tounicode_pdf,
+    write_hostile_directory,
 )
-from tests.test_hostile_input import write_hostile_directory  # noqa: E402
 
 
 class Tally:
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         del os.environ[var]
     started = time.monotonic()
     load_model()
-    from docqa.embeddings import load_embedder
+    from docqa.embeddings.load import load_embedder
 
     work = Path(tempfile.mkdtemp(prefix="docqa-hostile-"))
     try:

@@ -68,10 +68,10 @@ def stage_times(pdf: Path, chunk_texts: list[str], embedder, batch_size: int, wo
     """Each non-embedding stage alone, to show where the pipeline's overhead goes."""
     import numpy as np
 
+    from docqa.archive.store import ArchivalStore
     from docqa.chunking import chunk_pages
     from docqa.readers import read_pages
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
     with Timer() as read:
         pages = list(read_pages(pdf))
@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"docqa ingest (CLI): {cli['pages']} pages, {cli['chunks_added']} chunks in {cli['seconds']:.1f} s "
               f"(wall {cli['wall_seconds']:.1f} s with start-up and model load)")
 
-        from docqa.embeddings import load_embedder
-        from docqa.ingest import Ingestor
+        from docqa.archive.store import ArchivalStore
+        from docqa.embeddings.load import load_embedder
+        from docqa.ingest.pipeline import Ingestor
         from docqa.settings import Settings
-        from docqa.store import ArchivalStore
 
         with Timer() as load:
             embedder = load_embedder("sentence-transformers/all-MiniLM-L6-v2", "torch")

@@ -23,7 +23,7 @@ from pathlib import Path
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
-# Duplicated from tests/documents.py on purpose: benchmarks must not import tests.
+# Duplicated from testkit/documents.py on purpose: benchmarks must not import tests.
 NQ_DATA = Path(__file__).resolve().parent.parent / "data" / "nq_open" / "nq-open-oracle.jsonl.gz"
 
 # Core fonts only know latin-1; map the common Wikipedia typography to ASCII so words stay intact.

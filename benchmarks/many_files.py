@@ -36,10 +36,10 @@ WORKER = """
 import json, sys, time
 from pathlib import Path
 import docqa
-from docqa.embeddings import load_embedder
-from docqa.ingest import Ingestor
+from docqa.embeddings.load import load_embedder
+from docqa.ingest.pipeline import Ingestor
 from docqa.settings import Settings
-from docqa.store import ArchivalStore
+from docqa.archive.store import ArchivalStore
 corpus, store, backend = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 embedder = load_embedder("sentence-transformers/all-MiniLM-L6-v2", backend)
 embedder.embed(["warm-up text for the model"] * 4)

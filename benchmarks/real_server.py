@@ -32,7 +32,7 @@ Ctrl-C). Per run it records the exit code, status, error, llm_calls, seconds, th
 
 Not in CI because it needs a 10-minute native build, a 250 MB model and minutes of CPU per run, and
 because what it measures is a real server's behaviour, not docqa's correctness (the tests cover that
-against tests/fake_llm.py).
+against testkit/fake_llm.py).
 """
 
 from __future__ import annotations

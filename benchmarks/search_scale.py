@@ -78,9 +78,9 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 def build(store_dir: Path, texts: list[str], vectors: np.ndarray, embedder) -> tuple[object, float]:
     """A store holding `texts` as one document per 1,000 chunks; returns (store, insert seconds)."""
+    from docqa.archive.store import ArchivalStore
     from docqa.chunking import Chunk
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
     store = ArchivalStore(Settings(store_dir=store_dir), embedder)
     with Timer() as timer, store.writing():
@@ -163,8 +163,8 @@ def run_size(n: int, questions: list[str], n_queries: int, embedder, workdir: Pa
     insert_s = build_record["insert_seconds"]
     # Search as a user would: a store opened afresh, with nothing of the build still in memory.
     gc.collect()
+    from docqa.archive.store import ArchivalStore
     from docqa.settings import Settings
-    from docqa.store import ArchivalStore
 
     store = ArchivalStore(Settings(store_dir=store_dir), embedder)
     size = dir_size(store_dir)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"load average at start: {info['load_average']}")
 
-    from docqa.embeddings import load_embedder
+    from docqa.embeddings.load import load_embedder
 
     embedder = load_embedder()
     questions = list(dict.fromkeys(r["question"] for r in nq_questions()))

@@ -26,7 +26,7 @@ class Store:
     """Archival memory: one store directory (or Chroma server collection) and what it holds."""
 
     def __init__(self, settings: Settings) -> None:
-        from docqa.store import ArchivalStore
+        from docqa.archive.store import ArchivalStore
 
         self.settings = settings
         self._archive = ArchivalStore(settings)
@@ -37,7 +37,7 @@ class Store:
         Unchanged files are skipped; a bad file is reported through `on_notice` and in the report, and the
         others still go in.
         """
-        from docqa.ingest import Ingestor
+        from docqa.ingest.pipeline import Ingestor
 
         notes: list[str] = []
         ingestor = Ingestor(self._archive, progress=False, notice=on_notice or notes.append)
@@ -52,7 +52,7 @@ class Store:
 
     def delete(self, paths: Iterable[str | Path]) -> tuple[list[str], list[str]]:
         """Remove documents (or every document under a directory); (removed sources, paths not in the store)."""
-        from docqa.ingest import delete_paths
+        from docqa.ingest.pipeline import delete_paths
 
         return delete_paths(self._archive, [Path(p).expanduser() for p in paths])
 
@@ -67,14 +67,12 @@ class Store:
         `.steps`, `.llm_calls`, `.error`). The status is "answered", "step_limit" or "error"; nothing raises.
 
         Give `model` and `base_url` (any OpenAI-compatible server; `api_key` for OpenAI itself), or a ready
-        `docqa.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's sessions file.
+        `docqa.agent.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's sessions file.
         """
-        from docqa.agent import Agent
-        from docqa.llm import PLACEHOLDER_KEY, ChatClient
-        from docqa.memory import SessionStore
-
-        from docqa.agent import AgentResult
-        from docqa.llm import LLMError
+        from docqa.agent.llm import PLACEHOLDER_KEY, ChatClient
+        from docqa.agent.loop import Agent, AgentResult
+        from docqa.agent.memory import SessionStore
+        from docqa.agent.replies import LLMError
 
         if client is None and not (api_key or base_url):
             return AgentResult(answer="", status="error", error="no API key: pass api_key=... for OpenAI, or "

@@ -16,7 +16,6 @@ from typing import Any
 
 from docqa.readers import Page
 
-
 # Python strings may hold unpaired UTF-16 surrogates (a PDF's broken ToUnicode map, an LLM's JSON
 # "\\ud800" escape); the tokenizer and the UTF-8 stores reject them.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

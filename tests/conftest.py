@@ -19,6 +19,6 @@ def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     """The default embedder; load_embedder caches it, so in-process CLI runs reuse this one."""
-    from docqa.embeddings import load_embedder
+    from docqa.embeddings.load import load_embedder
 
     return load_embedder()

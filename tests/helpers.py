@@ -11,11 +11,11 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
+from docqa.archive.store import ArchivalStore
 from docqa.chunking import chunk_pages
-from docqa.cli import main
+from docqa.cli.config import resolve
+from docqa.cli.main import main
 from docqa.readers import Page
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
 
 DOCQA = Path(sys.executable).parent / "docqa"  # the console script installed with the package
 

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from docqa.bench.nested_kv import load_samples, passage
-from docqa.cli import main
-from docqa.ingest import Ingestor
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
-from tests.fake_llm import FakeLLMServer, last_tool_results, scripted_policy, text_response, tool_call_response
-from tests.kv_policy import nested_kv_policy, previous_searches
+from docqa.archive.store import ArchivalStore
+from docqa.bench.nested_kv_data import load_samples, passage
+from docqa.cli.config import resolve
+from docqa.cli.main import main
+from docqa.ingest.pipeline import Ingestor
+from testkit.fake_llm import FakeLLMServer, last_tool_results, scripted_policy, text_response, tool_call_response
+from testkit.kv_policy import nested_kv_policy, previous_searches
 
 DATA = Path(__file__).parent.parent / "data" / "nested_kv"
 SECRET = "sk-test-SECRET-0123456789"

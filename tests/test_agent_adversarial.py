@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from docqa.cli import main
-from docqa.ingest import Ingestor
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
-from docqa.tools import Toolbox
-from tests.documents import real_text_paragraphs, write_multipage_pdf, write_text
-from tests.fake_llm import (
+from docqa.agent.tools import Toolbox
+from docqa.archive.store import ArchivalStore
+from docqa.cli.config import resolve
+from docqa.cli.main import main
+from docqa.ingest.pipeline import Ingestor
+from testkit.documents import real_text_paragraphs, write_multipage_pdf, write_text
+from testkit.fake_llm import (
     RESULT_PREFIX,
     FakeLLMServer,
     last_tool_results,

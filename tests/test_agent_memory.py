@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from docqa.context import MainContext
-from docqa.memory import SessionStore
-from tests.fake_llm import FakeLLMServer, wants_function_call
-from tests.kv_policy import nested_kv_policy
+from docqa.agent.context import MainContext
+from docqa.agent.memory import SessionStore
+from testkit.fake_llm import FakeLLMServer, wants_function_call
+from testkit.kv_policy import nested_kv_policy
 from tests.test_agent import ask_json, kv_question, kv_store  # noqa: F401, F811 (a fixture)
 
 BIG_RESULT = "Showing 5 of 9 results (page 0/1):\n" + "lorem ipsum dolor sit amet " * 340  # about 9 kB

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import docqa
-from tests.fake_llm import FakeLLMServer, last_tool_results, tool_call_response
-from tests.kv_policy import nested_kv_policy
+from testkit.fake_llm import FakeLLMServer, last_tool_results, tool_call_response
+from testkit.kv_policy import nested_kv_policy
 from tests.test_agent import kv_question, kv_sample
 
 ROOT = Path(__file__).parent.parent

@@ -12,12 +12,18 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from docqa.archive.store import ArchivalStore
 from docqa.bench.cli import bench
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
-from tests.fake_llm import (FakeLLMServer, json_mode_response, last_tool_results, text_response, tool_call_response,
-                            wants_function_call)
-from tests.kv_policy import previous_searches
+from docqa.cli.config import resolve
+from testkit.fake_llm import (
+    FakeLLMServer,
+    json_mode_response,
+    last_tool_results,
+    text_response,
+    tool_call_response,
+    wants_function_call,
+)
+from testkit.kv_policy import previous_searches
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from docqa.bench import doc_qa
+from docqa.bench import doc_qa, doc_qa_data
 from docqa.bench.common import contains_words, exact_match, strict_value
-from docqa.bench.nested_kv import DEFAULT_DATA_DIR, load_samples
-from tests.fake_llm import FakeLLMServer, ServerReply, text_response
+from docqa.bench.nested_kv_data import DEFAULT_DATA_DIR, load_samples
+from testkit.fake_llm import FakeLLMServer, ServerReply, text_response
 from tests.test_bench import UUID, doc_baseline_policy, kv_baseline_policy, rows, run_bench, run_json, write_qa
 
 
@@ -70,7 +70,7 @@ def test_nested_kv_baseline_recuts_to_the_window_a_refusal_names(tmp_path: Path)
 
 
 def test_truncation_keeps_the_question_and_drops_pairs_from_the_end() -> None:
-    from docqa.bench.nested_kv import baseline_prompt, fit_pairs
+    from docqa.bench.nested_kv_data import baseline_prompt, fit_pairs
 
     sample = load_samples(DEFAULT_DATA_DIR, [2], 1)[0]
     kept = fit_pairs(sample.query_key, sample.pairs, 4096)
@@ -168,9 +168,9 @@ def test_doc_qa_baseline_reports_both_scorings(tmp_path: Path) -> None:
 
 # -- doc QA: what survives the cut ------------------------------------------------------------------
 def test_survival_counts_the_gold_passage_not_an_answer_string_anywhere() -> None:
-    gold = doc_qa.Passage(0, "Snorkwhale", "Snorkwhales swim in cold seas. " * 30 + "A snorkwhale has one tail.")
-    other = doc_qa.Passage(1, "Ledger", "There is none left in 2018; one of them said so.")
-    question = doc_qa.Question(0, "how many tails does a snorkwhale have", ["one"], [0])
+    gold = doc_qa_data.Passage(0, "Snorkwhale", "Snorkwhales swim in cold seas. " * 30 + "A snorkwhale has one tail.")
+    other = doc_qa_data.Passage(1, "Ledger", "There is none left in 2018; one of them said so.")
+    question = doc_qa_data.Question(0, "how many tails does a snorkwhale have", ["one"], [0])
     for documents, window, expected in [
         ([gold], 8192, {"gold_retrieved": True, "gold_intact": True, "gold_kept": True}),
         ([other, gold], 8192, {"gold_retrieved": True, "gold_intact": True, "gold_kept": True}),
@@ -187,15 +187,15 @@ def test_survival_counts_the_gold_passage_not_an_answer_string_anywhere() -> Non
 
 # -- the dev/test split -----------------------------------------------------------------------------
 def test_the_committed_split_halves_the_shipped_questions_as_make_split_does() -> None:
-    dataset = doc_qa.load_dataset(doc_qa.DEFAULT_DATA)
-    committed = json.loads(doc_qa.SPLIT_FILE.read_text())
+    dataset = doc_qa_data.load_dataset(doc_qa_data.DEFAULT_DATA)
+    committed = json.loads(doc_qa_data.SPLIT_FILE.read_text())
     assert committed["data_fingerprint"] == dataset.fingerprint
-    halves = doc_qa.load_split(dataset)
-    assert halves == doc_qa.make_split(len(dataset.questions), committed["seed"])
+    halves = doc_qa_data.load_split(dataset)
+    assert halves == doc_qa_data.make_split(len(dataset.questions), committed["seed"])
     dev, test = set(halves["dev"]), set(halves["test"])
     assert not dev & test and dev | test == set(range(len(dataset.questions)))
     assert abs(len(dev) - len(test)) <= 1
-    picked = doc_qa.sample_questions(dataset, 40, seed=3, split="test")
+    picked = doc_qa_data.sample_questions(dataset, 40, seed=3, split="test")
     assert len(picked) == 40 and {q.index for q in picked} <= test
 
 

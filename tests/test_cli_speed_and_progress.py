@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from docqa.evidence import evidence_excerpt
-from tests.documents import real_text_paragraphs, write_text
+from docqa.cli.evidence import evidence_excerpt
+from testkit.documents import real_text_paragraphs, write_text
 from tests.helpers import DOCQA, invoke, invoke_json
 
 
@@ -79,8 +79,8 @@ def test_search_output_names_page_spans_scores_and_what_the_total_is(tmp_path: P
     invoke("ingest", many)
     _, payload = invoke_json("search", "pangolin", "--page-size", 2)
     assert payload["total"] == 13 and not payload["total_is_depth"]  # every chunk is a dense match
-    from docqa.settings import resolve
-    from docqa.store import ArchivalStore
+    from docqa.archive.store import ArchivalStore
+    from docqa.cli.config import resolve
 
     capped = ArchivalStore(resolve(search_depth=5)).search("pangolin", page_size=2)
     assert capped.format().startswith("Showing 2 of the top 5 results")

@@ -19,15 +19,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from docqa.agent import Agent
-from docqa.cli import main
-from docqa.llm import ChatClient
-from docqa.memory import SessionStore
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
-from tests.fake_llm import FakeLLMServer, text_response, tool_call_response, wants_function_call
-from tests.kv_policy import nested_kv_policy
-from tests.templates import TEMPLATES
+from docqa.agent.llm import ChatClient
+from docqa.agent.loop import Agent
+from docqa.agent.memory import SessionStore
+from docqa.archive.store import ArchivalStore
+from docqa.cli.config import resolve
+from docqa.cli.main import main
+from testkit.fake_llm import FakeLLMServer, text_response, tool_call_response, wants_function_call
+from testkit.kv_policy import nested_kv_policy
+from testkit.templates import TEMPLATES
 from tests.test_agent import kv_question, kv_store  # noqa: F401, F811 (a fixture)
 
 # What each template needs (see the README's table of servers and settings). Tools mode is left out

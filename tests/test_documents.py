@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.documents import (
+from pypdf import PdfReader
+from pypdf.errors import EmptyFileError, FileNotDecryptedError, PdfReadError
+
+from testkit.documents import (
     LATIN1_TEXT,
     pdf_safe_text,
     real_text_paragraphs,
@@ -25,8 +28,6 @@ from tests.documents import (
     write_text,
     write_truncated_pdf,
 )
-from pypdf import PdfReader
-from pypdf.errors import EmptyFileError, FileNotDecryptedError, PdfReadError
 
 REPO = Path(__file__).parent.parent
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from docqa.chunking import chunk_pages
 from docqa.readers import location, read_pages
-from tests.documents import real_text_paragraphs, write_empty_file, write_text
+from testkit.documents import real_text_paragraphs, write_empty_file, write_text
 from tests.formats import (
     BOILERPLATE,
     DRM_ENCRYPTION,

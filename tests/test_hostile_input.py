@@ -13,21 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from docqa.archive.store import ArchivalStore
 from docqa.chunking import CHARS_PER_TOKEN, chunk_pages
 from docqa.readers import Page
 from docqa.settings import Settings
-from docqa.store import ArchivalStore
-from tests.documents import (
+from testkit.documents import (
     real_text_paragraphs,
-    write_binary_txt,
     write_broken_xref_pdf,
-    write_corrupt_pdf,
     write_cyclic_pages_pdf,
     write_text,
-    write_truncated_pdf,
 )
-from tests.helpers import invoke_json, search_json
-from tests.hostile import (
+from testkit.hostile import (
     CHUNK_TOKENS,
     OVERLAP,
     check_outcome,
@@ -42,7 +38,9 @@ from tests.hostile import (
     read_and_chunk,
     reference_loop_pdf,
     tounicode_pdf,
+    write_hostile_directory,
 )
+from tests.helpers import invoke_json, search_json
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -171,40 +169,13 @@ def test_a_run_without_whitespace_comes_back_in_chunks_of_bounded_size(tmp_path:
 # -- real ingests -----------------------------------------------------------------------------------
 def consistent(store_dir: Path) -> None:
     """Catalog and Chroma hold the same committed chunks; nothing pending or orphaned is left."""
-    from docqa.embeddings import load_embedder
+    from docqa.embeddings.load import load_embedder
 
     store = ArchivalStore(Settings(store_dir=store_dir), embedder=load_embedder())
     current = store.catalog.current_ids()
     assert set(store.collection.get(include=[])["ids"]) == current
     assert not store.catalog.orphans()
     assert sum(doc.chunks for doc in store.documents()) == len(current)
-
-
-def write_hostile_directory(directory: Path, rng: random.Random) -> dict[str, str]:
-    """One file of each hostile kind plus one good file; returns {file name: kind}."""
-    # (NULs early in a file make it "binary"; nul-after-8k.txt has one later on)
-    nasty = "".join(rng.choice(["\ud800", "\u202e", "\u200b", "\ufeff", "\u05e9\u05dc", " x "]) for _ in range(400))
-    files = {
-        "random.txt": rng.randbytes(5000),
-        "random.pdf": rng.randbytes(5000),
-        "nul-after-8k.txt": (" ".join(real_text_paragraphs(30)) + "\x00 tail").encode(),
-        "surrogates.md": ("Intro words here. " + nasty).encode("utf-8", "surrogatepass"),
-        "utf16.txt": ("UTF-16 text with words. " * 40).encode("utf-16"),
-        "nested.md": ("> " * 3000 + "deep quote").encode(),
-        "brackets.md": ("[" * 3000 + "x").encode(),
-        "tounicode.pdf": tounicode_pdf("Readable words \x00\ud800\u202e and more words"),
-        "nested-arrays.pdf": nested_array_pdf(50_000),
-        "reference-loop.pdf": reference_loop_pdf(),
-    }
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-    write_broken_xref_pdf(directory / "broken-xref.pdf", "Words behind a scrambled cross-reference table.")
-    write_cyclic_pages_pdf(directory / "cyclic.pdf")
-    write_truncated_pdf(directory / "truncated.pdf")
-    write_corrupt_pdf(directory / "corrupt.pdf")
-    write_binary_txt(directory / "binary.txt")
-    write_text(directory / "good.txt", "\n\n".join(real_text_paragraphs(3)) + "\nThe code word is zqxgoodfile.")
-    return {p.name: p.suffix for p in directory.iterdir()}
 
 
 def test_ingesting_a_directory_of_hostile_files(tmp_path: Path, embedder: Any) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from docqa.chunking import chunk_pages
-from docqa.ingest import file_hash, source_of
+from docqa.ingest.files import file_hash, source_of
 from docqa.readers import Page, read_pages
-from tests.documents import (
+from testkit.documents import (
     LATIN1_TEXT,
     real_text_paragraphs,
     write_binary_txt,

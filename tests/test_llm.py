@@ -1,4 +1,4 @@
-"""The chat client against a real OpenAI-protocol HTTP server on localhost (tests/fake_llm.py)."""
+"""The chat client against a real OpenAI-protocol HTTP server on localhost (testkit/fake_llm.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from docqa.llm import ChatClient, LLMError, estimate_messages_tokens, estimate_tokens
-from tests.fake_llm import (
+from docqa.agent.llm import ChatClient, LLMError, estimate_messages_tokens, estimate_tokens
+from testkit.fake_llm import (
     FakeLLMServer,
     json_mode_response,
     last_tool_results,
@@ -305,8 +305,8 @@ def test_api_key_never_appears_in_errors(fault: str) -> None:
 ])
 def test_a_prompt_over_the_window_names_the_servers_window_and_count(wording: str, window: int | None,
                                                                      prompt: int | None) -> None:
-    from docqa.llm import PromptTooLong
-    from tests.fake_llm import ServerReply
+    from docqa.agent.llm import PromptTooLong
+    from testkit.fake_llm import ServerReply
 
     def policy(body: dict[str, Any]) -> dict[str, Any]:
         raise ServerReply(400, wording)

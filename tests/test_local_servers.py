@@ -2,7 +2,7 @@
 
 The server's own window and model, a prompt the server refuses as too long, the chat REPL and its saved
 sessions, two processes on one session, and credentials in the base URL. Every test talks to the real test
-server (tests/fake_llm.py) on localhost; one small nested-KV store is ingested once for the module.
+server (testkit/fake_llm.py) on localhost; one small nested-KV store is ingested once for the module.
 """
 
 from __future__ import annotations
@@ -19,16 +19,24 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from docqa.bench.nested_kv import passage
-from docqa.cli import main
-from docqa.ingest import Ingestor
-from docqa.memory import SessionStore
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
-from tests.fake_llm import (FakeLLMServer, ServerReply, estimate, never_send_policy, scripted_policy, text_response,
-                            tool_call_response, wants_function_call)
+from docqa.agent.memory import SessionStore
+from docqa.archive.store import ArchivalStore
+from docqa.bench.nested_kv_data import passage
+from docqa.cli.config import resolve
+from docqa.cli.main import main
+from docqa.ingest.pipeline import Ingestor
+from testkit.fake_llm import (
+    FakeLLMServer,
+    ServerReply,
+    estimate,
+    never_send_policy,
+    scripted_policy,
+    text_response,
+    tool_call_response,
+    wants_function_call,
+)
+from testkit.kv_policy import nested_kv_policy
 from tests.helpers import DOCQA
-from tests.kv_policy import nested_kv_policy
 from tests.test_agent import kv_question, kv_sample
 
 VLLM_TOO_LONG = ("This model's maximum context length is 2048 tokens. However, you requested 2209 tokens "

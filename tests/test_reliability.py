@@ -65,13 +65,13 @@ def test_concurrent_writers_and_readers_see_a_consistent_store(summaries: dict[s
 
 
 def test_a_vector_index_damaged_by_a_crash_is_rebuilt_by_the_next_ingest(tmp_path: Path, embedder: Any) -> None:
-    from docqa.store import _local_client
-    from tests.documents import real_text_paragraphs, write_text
+    from docqa.archive.chroma import local_client
+    from testkit.documents import real_text_paragraphs, write_text
     from tests.helpers import invoke, invoke_json, open_store, search_json
 
     store = tmp_path / "store"
     # Chroma saving its index every 8 vectors, so that this small store has saved index files to damage.
-    _local_client(store).create_collection("docqa", embedding_function=None,
+    local_client(store).create_collection("docqa", embedding_function=None,
                                            metadata={"hnsw:space": "cosine", "hnsw:sync_threshold": 8})
     corpus = tmp_path / "corpus"
     write_text(corpus / "a.txt", "\n\n".join(real_text_paragraphs(12)) + "\nThe code word is zqxdamaged.")

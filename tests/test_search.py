@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from docqa.ingest import Ingestor
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
-from tests.documents import NQ_DATA, real_text_paragraphs, write_text
+from docqa.archive.store import ArchivalStore
+from docqa.cli.config import resolve
+from docqa.ingest.pipeline import Ingestor
+from testkit.documents import NQ_DATA, real_text_paragraphs, write_text
 from tests.helpers import invoke, invoke_json, search_json
 
 KV_DATA = Path(__file__).parent.parent / "data" / "nested_kv" / "kv-retrieval-140_keys.first.jsonl.gz"

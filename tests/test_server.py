@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from docqa.ingest import source_of
-from tests.documents import real_text_paragraphs, write_multipage_pdf, write_text
+from docqa.ingest.files import source_of
+from testkit.documents import real_text_paragraphs, write_multipage_pdf, write_text
 from tests.helpers import (
     assert_invisible,
     ingest_json,
@@ -171,8 +171,8 @@ LIVE_WRITER = """
 import sys, time
 import numpy as np
 from docqa.chunking import Chunk
-from docqa.settings import resolve
-from docqa.store import ArchivalStore
+from docqa.cli.config import resolve
+from docqa.archive.store import ArchivalStore
 
 store = ArchivalStore(resolve())
 source = sys.argv[1]
@@ -212,7 +212,7 @@ def test_search_as_a_subprocess(tmp_path: Path, remote: str, embedder: Any) -> N
 
 
 def test_sections_are_kept_on_the_server(tmp_path: Path, remote: str, embedder: Any) -> None:
-    from docqa.server_catalog import _record
+    from docqa.archive.server_catalog import _record
     from tests.formats import write_html_manual
 
     paragraphs = real_text_paragraphs(4)

@@ -1,4 +1,4 @@
-"""docqa.server_info against real HTTP servers on localhost, one per server flavour.
+"""docqa.agent.server_info against real HTTP servers on localhost, one per server flavour.
 
 Each fake answers only the routes its real counterpart has (everything else is a 404, as on the real
 servers), with the fields the real one sends, so the probe's choice of field and its stopping are tested.
@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from docqa import server_info
-from docqa.server_info import ServerInfo, ServerInfoError, choose_model, effective_context_window, probe_server
+from docqa.agent import server_probes
+from docqa.agent.server_info import ServerInfo, ServerInfoError, choose_model, effective_context_window, probe_server
 
 KEY = "sk-test-secret-0123456789"
 HANG_SECONDS = 5.0
@@ -332,7 +332,7 @@ def test_plain_openai_like_server_lists_models_and_says_nothing_else() -> None:
 
 
 def test_hosted_api_is_asked_only_for_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_info, "HOSTED_APIS", ("127.0.0.1",))  # stands for api.openai.com
+    monkeypatch.setattr(server_probes, "HOSTED_APIS", ("127.0.0.1",))  # stands for api.openai.com
     routes: dict[tuple[str, str], Route] = {("GET", "/v1/models"): model_list({"id": "gpt-x"}),
                                             ("GET", "/props"): LLAMA_PROPS}
     with FlavourServer(routes) as server:

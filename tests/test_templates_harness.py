@@ -1,5 +1,5 @@
 """The chat-template harness is real: real templates, rendered as vLLM/transformers do, and the fake
-server's template mode and metadata (tests/templates.py, tests/chat_templates/, tests/fake_llm.py)."""
+server's template mode and metadata (testkit/templates.py, tests/chat_templates/, testkit/fake_llm.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import templates
-from tests.fake_llm import FakeLLMServer, estimate, text_response, tool_call_response
-from tests.templates import TEMPLATES, TemplateError, render
+from testkit import templates
+from testkit.fake_llm import FakeLLMServer, estimate, text_response, tool_call_response
+from testkit.templates import TEMPLATES, TemplateError, render
 
 SYSTEM = {"role": "system", "content": "You are docqa, persona SYSTEM-MARKER."}
 USER = {"role": "user", "content": "Where is the key? USER-MARKER"}

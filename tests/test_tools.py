@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from docqa.memory import CoreMemory, ToolError
-from docqa.tools import Toolbox, function_schema
+from docqa.agent.memory import CoreMemory, ToolError
+from docqa.agent.tools import Toolbox, function_schema
 
 EXPECTED: list[dict[str, Any]] = [{'type': 'function',
   'function': {'name': 'send_message',

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from docqa.bench.common import MODES, SCORING_HELP, SCORINGS
-from docqa.cli_shared import friendly, llm_options, with_options
+from docqa.cli.shared import friendly, llm_options, with_options
 
 MODE_HELP = ("agent: the docqa agent pages through archival memory; baseline: one fixed-context prompt; "
              "ceiling: no LLM, what the store itself permits.")
@@ -65,7 +65,7 @@ def _finish(summary: dict[str, Any], as_json: bool, render: Callable[[dict[str, 
 
 
 def _settings(out: Path, store_dir: Path | None = None, **flags: Any) -> Any:
-    from docqa.settings import resolve
+    from docqa.cli.config import resolve
 
     flags = {k: v for k, v in flags.items() if v is not None}
     # The bench store is its own (default in --out), never the user's store or a Chroma server.
@@ -108,13 +108,15 @@ def nested_kv(levels: str, samples: int, mode: str, out: Path | None, data_dir: 
     endpoint (summary and table are still written; a re-run retries them); stops after 3 such failures in a row.
     """
     from docqa.bench import nested_kv as task
+    from docqa.bench.configs import NestedKVConfig
+    from docqa.bench.nested_kv_data import DEFAULT_DATA_DIR, MAX_LEVEL
     from docqa.bench.report import render_nested_kv
 
     out = out or Path("bench-out") / f"nested-kv-{mode}"
-    config = task.Config(levels=_ints(levels, "--levels", 0, task.MAX_LEVEL), samples=samples, mode=mode, out=out,
-                         data_dir=data_dir or task.DEFAULT_DATA_DIR,
-                         settings=_settings(out, context_window=context_window, **flags),
-                         progress=not quiet and sys.stderr.isatty(), scoring=scoring)
+    config = NestedKVConfig(levels=_ints(levels, "--levels", 0, MAX_LEVEL), samples=samples, mode=mode,
+                            out=out, data_dir=data_dir or DEFAULT_DATA_DIR,
+                            settings=_settings(out, context_window=context_window, **flags),
+                            progress=not quiet and sys.stderr.isatty(), scoring=scoring)
     _finish(task.run(config), as_json, render_nested_kv)
 
 
@@ -154,6 +156,8 @@ def doc_qa(data: Path | None, questions: str, seed: int, split: str, scoring: st
     when any question failed at the LLM endpoint; stops after 3 such failures in a row.
     """
     from docqa.bench import doc_qa as task
+    from docqa.bench.configs import DocQAConfig
+    from docqa.bench.doc_qa_data import DEFAULT_DATA
     from docqa.bench.report import render_doc_qa
 
     if questions.strip().lower() == "all":
@@ -167,7 +171,7 @@ def doc_qa(data: Path | None, questions: str, seed: int, split: str, scoring: st
             raise click.BadParameter("must be at least 1", param_hint="--questions")
     out = out or Path("bench-out") / f"doc-qa-{mode}"
     settings = _settings(out, context_window=context_window, **flags)
-    config = task.Config(data=data or task.DEFAULT_DATA, questions=count, seed=seed, mode=mode,
+    config = DocQAConfig(data=data or DEFAULT_DATA, questions=count, seed=seed, mode=mode,
                          ks=_ints(ks, "--k", 1, settings.search_depth), out=out, settings=settings,
                          judge_model=judge_model, prompt_style=prompt_style,
                          progress=not quiet and sys.stderr.isatty(), scoring=scoring, split=split)

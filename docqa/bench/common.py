@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from docqa.embeddings import Embedder
+from docqa.embeddings.transformer import Embedder
+from docqa.errors import DocqaError
 from docqa.settings import Settings
 
 MODES = ("agent", "baseline", "ceiling")
@@ -23,7 +24,7 @@ MODES = ("agent", "baseline", "ceiling")
 MAX_FAILURES_IN_A_ROW = 3
 
 
-class BenchError(Exception):
+class BenchError(DocqaError):
     """A benchmark cannot run as asked; str() says what to do."""
 
 
@@ -136,7 +137,7 @@ def fit_window(settings: Settings) -> tuple[Settings, str | None]:
     """
     if not settings.base_url:
         return settings, None
-    from docqa.server_info import probe_server
+    from docqa.agent.server_info import probe_server
 
     info = probe_server(settings.base_url, settings.model, settings.api_key, timeout=min(5.0, settings.llm_timeout))
     if info.context_window and info.context_window < settings.context_window:
@@ -314,7 +315,7 @@ def score(row: dict[str, Any], answers: list[str], judge_client: Any | None, jud
     if judge_client is None:
         row.update(correct=False, judged_by=None)  # undecided: counted wrong, reported apart
         return False
-    from docqa.llm import LLMError
+    from docqa.agent.replies import LLMError
 
     try:
         verdict = judge(judge_client, row["question"], answers, answer)
@@ -329,7 +330,7 @@ def score(row: dict[str, Any], answers: list[str], judge_client: Any | None, jud
 # -- the LLM ----------------------------------------------------------------------------------------
 def make_client(settings: Settings, model: str | None = None, purpose: str = "this mode") -> Any:
     """The chat client for `settings` (or for `model` on the same endpoint), with a clear error if none."""
-    from docqa.llm import ChatClient
+    from docqa.agent.llm import ChatClient
 
     name = model or settings.model
     if not name:
@@ -354,7 +355,7 @@ def estimate_uuid_tokens(text: str) -> int:
 def estimate_tokens(text: str) -> int:
     """The token estimate the agent's memory manager uses, so the baseline is cut by the same measure."""
     try:
-        from docqa.llm import estimate_tokens as estimate
+        from docqa.agent.replies import estimate_tokens as estimate
     except ImportError:
         return math.ceil(len(text) / 4)
     return int(estimate(text))

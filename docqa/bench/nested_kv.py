@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
-import itertools
-import json
 import re
 import sys
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from docqa.bench.common import (
@@ -30,144 +25,28 @@ from docqa.bench.common import (
     chunk_texts,
     count_searches,
     embedding_fingerprint,
-    estimate_uuid_tokens,
     fit_window,
     make_client,
-    strict_value,
     prune,
+    strict_value,
     usage_fields,
     use_persona,
     write_json,
 )
+from docqa.bench.configs import NestedKVConfig
+from docqa.bench.nested_kv_data import (
+    NESTED_HUMAN,
+    NESTED_PERSONA,
+    Sample,
+    agent_prompt,
+    baseline_prompt,
+    fit_pairs,
+    gold_pairs,
+    load_samples,
+    passage,
+)
 from docqa.bench.report import plot_nested_kv, summarize_nested_kv
 from docqa.settings import Settings
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "nested_kv"
-RECORDS_FILE = "kv-retrieval-140_keys.first.jsonl.gz"
-MAX_LEVEL = 5
-# Tokens the baseline keeps free of pairs: the answer (a UUID is about 40 tokens) and the chat template's frame.
-KV_ANSWER_RESERVE = 256
-
-# The paper's texts, verbatim from MemGPT paper_experiments/nested_kv_task/nested_kv.py.
-NESTED_PERSONA = (
-    "You are MemGPT DOC-QA bot. Your job is to answer questions about documents that are stored in your archival "
-    "memory. The answer to the users question will ALWAYS be in your archival memory, so remember to keep searching "
-    "if you can't find the answer. DO NOT STOP SEARCHING UNTIL YOU VERIFY THAT THE VALUE IS NOT A KEY. Do not stop "
-    "making nested lookups until this condition is met."
-)
-NESTED_HUMAN = "The user will ask you questions about documents. Answer them to the best of your ability."
-
-
-def agent_prompt(query_key: str) -> str:
-    """The paper's first user message to MemGPT for the nested task."""
-    return (
-        "I've given you a list of key-value pairs which you can find in your archival memory, all keys and values "
-        "are 128-bit UUIDs, and your task is to return the value associated with the specified key. "
-        "If a value itself is also a key, return the value of that key (do a nested lookup). "
-        "For example, if the value of 'x' is 'y', but 'y' is also a key, return the value of key 'y'. "
-        f"Your task is to provide the value for the following key: {query_key}. "
-        "Answer only with the value, nothing else."
-    )
-
-
-def baseline_prompt(query_key: str, pairs: list[tuple[str, str]]) -> str:
-    """The paper's fixed-context prompt: every pair as JSON, then the question."""
-    prompt = (
-        "Below is a JSON object containing key-value pairings, all keys and values are 128-bit UUIDs, and your task "
-        "is to return the value associated with the specified key. "
-        "If a value itself is also a key, return the value of that key (do a nested lookup). "
-        "For example, if the value of 'x' is 'y', but 'y' is also a key, return the value of key 'y'."
-    )
-    data_string = ",\n".join(f'"{k}": "{v}"' for k, v in pairs)
-    prompt += f"\n\nJSON data: {{\n{data_string}\n}}"
-    prompt += (f'\n\nYour task is to provide the value for the following key: "{query_key}". '
-               "Answer only with the value, nothing else.")
-    return prompt
-
-
-def fit_pairs(query_key: str, pairs: list[tuple[str, str]], context_window: int) -> list[tuple[str, str]]:
-    """The pairs the baseline prompt keeps in `context_window` tokens: the question always, then as many pairs
-    as fit, in their order, the rest dropped (the prompt is cut at its end, before the question, never inside
-    a pair). Tokens are counted by `estimate_uuid_tokens`, an upper bound for UUID text."""
-    budget = context_window - KV_ANSWER_RESERVE - estimate_uuid_tokens(baseline_prompt(query_key, []))
-    kept, used = [], 0
-    for key, value in pairs:
-        cost = estimate_uuid_tokens(f'"{key}": "{value}",\n')
-        if used + cost > budget:
-            break
-        kept.append((key, value))
-        used += cost
-    return kept
-
-
-def gold_pairs(sample: Sample) -> list[tuple[str, str]]:
-    """The pairs a solver must read: one per key of the chain."""
-    values = dict(sample.pairs)
-    return [(key, values[key]) for key in sample.chain]
-
-
-def passage(key: str, value: str) -> str:
-    """One archival passage, phrased as the paper inserted it."""
-    return f"Key-value pair: key = {key}, value = {value}"
-
-
-# -- samples ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sample:
-    level: int
-    index: int
-    query_key: str
-    expected: str
-    pairs: list[tuple[str, str]]  # all 140, original order, values overwritten along the chain
-    chain: list[str] = field(default_factory=list)  # the keys a solver must look up, in order
-
-
-def load_records(data_dir: Path) -> list[tuple[str, str]]:
-    path = data_dir / RECORDS_FILE
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            record = json.loads(handle.readline())
-        return [(str(k), str(v)) for k, v in record["ordered_kv_records"]]
-    except FileNotFoundError:
-        raise BenchError(f"no {RECORDS_FILE} in {data_dir}: pass --data-dir pointing at the nested_kv data "
-                         "(see docqa/bench/data/SOURCES.md)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BenchError(f"cannot read {path} ({type(exc).__name__}): restore it from the repository") from None
-
-
-def load_orderings(data_dir: Path, level: int) -> list[list[int]]:
-    path = data_dir / f"random_orderings_100_samples_140_indices_{level + 1}_levels.jsonl"
-    try:
-        return [[int(i) for i in json.loads(line)] for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise BenchError(f"no orderings file for nesting level {level} ({path.name}) in {data_dir}") from None
-    except (OSError, ValueError, TypeError) as exc:
-        raise BenchError(f"cannot read {path} ({type(exc).__name__}): restore it from the repository") from None
-
-
-def build_sample(records: list[tuple[str, str]], indices: list[int], level: int, index: int) -> Sample:
-    """Overwrite values along `indices` as the paper's create_nested_kv_data did, and find the answer."""
-    kv = OrderedDict(records)
-    keys = list(kv)
-    for current, following in itertools.pairwise(indices):
-        kv[keys[current]] = keys[following]
-    query = keys[indices[0]]
-    chain, value = [query], kv[query]
-    while value in kv and value not in chain:  # the paper's get_nested_key, guarded against a cycle
-        chain.append(value)
-        value = kv[value]
-    return Sample(level, index, query, value, list(kv.items()), chain)
-
-
-def load_samples(data_dir: Path, levels: list[int], samples: int) -> list[Sample]:
-    records = load_records(data_dir)
-    planned = []
-    for level in levels:
-        orderings = load_orderings(data_dir, level)
-        if samples > len(orderings):
-            raise BenchError(f"--samples {samples} is more than the {len(orderings)} orderings for level {level}")
-        planned += [build_sample(records, orderings[s], level, s) for s in range(samples)]
-    return planned
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -180,7 +59,7 @@ class SampleStore:
     """
 
     def __init__(self, settings: Settings, mode: str, embedder: CachedEmbedder) -> None:
-        from docqa.store import ArchivalStore
+        from docqa.archive.store import ArchivalStore
 
         collection = f"kv-{embedding_fingerprint(settings)}-{mode}"
         self.directory = settings.store_dir / "documents" / collection  # the sources the store names
@@ -197,7 +76,8 @@ class SampleStore:
 
     def load(self, sample: Sample) -> Any:
         """The store holding exactly this sample's pairs."""
-        from docqa.ingest import Ingestor, source_of
+        from docqa.ingest.files import source_of
+        from docqa.ingest.pipeline import Ingestor
 
         changed, sources = [], set()
         for number, (key, value) in enumerate(sample.pairs):
@@ -279,7 +159,7 @@ def solve_by_search(store: Any, query_key: str, max_lookups: int = 64) -> Outcom
 
 
 def run_agent(sample: Sample, store: Any, settings: Settings, client: Any) -> Outcome:
-    from docqa.agent import Agent
+    from docqa.agent.loop import Agent
 
     agent = Agent(settings, store, client)
     use_persona(agent, NESTED_PERSONA, NESTED_HUMAN)
@@ -294,7 +174,7 @@ def run_baseline(sample: Sample, client: Any, context_window: int) -> Outcome:
     """One fixed-context prompt with the pairs that fit the window (`fit_pairs`), and whether the chain's pairs
     all survived the cut. A server that refuses the prompt as too long and names a smaller window gets it
     cut to that window, once."""
-    from docqa.llm import LLMError, PromptTooLong
+    from docqa.agent.replies import LLMError, PromptTooLong
 
     window, calls = context_window, 0
     while True:
@@ -318,22 +198,10 @@ def run_baseline(sample: Sample, client: Any, context_window: int) -> Outcome:
 
 
 # -- the run ----------------------------------------------------------------------------------------
-@dataclass
-class Config:
-    levels: list[int]
-    samples: int
-    mode: str
-    out: Path
-    data_dir: Path
-    settings: Settings  # store_dir (default out/store), context_window, and the LLM for agent/baseline
-    progress: bool = True
-    scoring: str = "substring"  # which rule `correct` follows; both are recorded
-
-
 KEY_FIELDS = ("mode", "model", "level", "sample", "window")
 
 
-def run(config: Config) -> dict[str, Any]:
+def run(config: NestedKVConfig) -> dict[str, Any]:
     """Run every planned sample not already finished in out/results.jsonl; write summary and figure."""
     from tqdm import tqdm
 
@@ -381,7 +249,7 @@ def run(config: Config) -> dict[str, Any]:
 
 
 def _embedder(settings: Settings) -> CachedEmbedder:
-    from docqa.embeddings import load_embedder
+    from docqa.embeddings.load import load_embedder
 
     return CachedEmbedder(load_embedder(settings.embedding_model, settings.embedding_backend))
 

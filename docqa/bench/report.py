@@ -7,10 +7,10 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the run modules import this one
-    from docqa.bench import doc_qa, nested_kv
+from docqa.bench.configs import DocQAConfig, NestedKVConfig
+from docqa.bench.doc_qa_data import Dataset
 
 
 # -- tables and figures, for both benchmarks --------------------------------------------------------
@@ -145,7 +145,7 @@ def _first_error(rows: list[dict[str, Any]]) -> str | None:
     return next((str(r["error"]) for r in rows if r.get("status") == "error" and r.get("error")), None)
 
 
-def summarize_nested_kv(rows: list[dict[str, Any]], config: nested_kv.Config, model: str | None,
+def summarize_nested_kv(rows: list[dict[str, Any]], config: NestedKVConfig, model: str | None,
                         context_window: int | None = None) -> dict[str, Any]:
     """summary.json of a nested-kv run: accuracy (both scoring rules), errors apart from misses, searches,
     calls, tokens and (baseline) the gold pairs' survival of the cut, per nesting level."""
@@ -259,7 +259,7 @@ def _recall(ranks: list[int | None], ks: Iterable[int]) -> dict[str, float | Non
     return {str(k): (sum(1 for x in ranks if x is not None and x <= k) / n if n else None) for k in ks}
 
 
-def summarize_doc_qa(rows: list[dict[str, Any]], config: doc_qa.Config, dataset: doc_qa.Dataset,
+def summarize_doc_qa(rows: list[dict[str, Any]], config: DocQAConfig, dataset: Dataset,
                      model: str | None, collection: str, halves: dict[int, str] | None = None) -> dict[str, Any]:
     """summary.json of a doc-qa run: recall per K on each half of the dev/test split and what survives the
     baseline's cut (ceiling), accuracy per K (baseline) or overall (agent), both scoring rules, errors apart."""

@@ -1,0 +1,177 @@
+"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> store, idempotent and all-or-none per file."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from docqa.archive.store import ArchivalStore
+from docqa.chunking import chunk_pages
+from docqa.ingest.batching import Batcher, FinishedFile, Progress
+from docqa.ingest.files import FileTimeout, count_pages, discover, file_hash, source_of, time_limited
+from docqa.ingest.report import FileFailure, IngestReport
+from docqa.readers import Page, ReadError, read_pages
+
+
+class Ingestor:
+    """Runs the pipeline over files into one store; one instance per `docqa ingest` run."""
+
+    def __init__(self, store: ArchivalStore, *, progress: bool = True,
+                 notice: Callable[[str], None] = print, status: Callable[[str], None] | None = None) -> None:
+        """`progress`: show the tqdm bar (on stderr); `notice`: where one-line notes and errors go;
+        `status`: shows a transient one-line state ("loading the embedding model…"), "" clears it."""
+        self.store = store
+        self.settings = store.settings
+        self.progress = progress
+        self.notice = notice
+        self.status = status or (lambda _: None)
+
+    def run(self, paths: Iterable[Path]) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        files = discover(paths, report, self.notice)
+        with self.store.writing():
+            plan = self._plan(files)
+            total = sum(pages for _, pages in plan.values())
+            if plan:  # only work to do loads the model: an unchanged re-ingest loads none
+                self._with_status("loading the embedding model…", lambda: self.store.embedder)
+            bar = tqdm(total=total, desc="ingesting", unit="page", disable=not self.progress, leave=False,
+                       dynamic_ncols=True, mininterval=0.2)
+            progress = Progress(bar)
+            batcher = Batcher(self.store, report, progress, self.notice)
+            try:
+                offset = 0
+                for path in files:
+                    digest, pages = plan.get(path, (None, 0))
+                    self._ingest_file(path, report, batcher, digest, offset, pages)
+                    offset += pages
+                batcher.write()
+                progress.reach(total)
+                bar.refresh()  # the finished count is drawn before the line is cleared
+            except BaseException:
+                # Interrupted (Ctrl-C) or an unexpected bug: take the files not committed out first.
+                batcher.abort()
+                raise
+            finally:
+                bar.close()  # leave=False: the bar's line is cleared, so what follows starts on a clean line
+            report.chunks_total = self.store.count()
+        if plan:
+            self._with_status("preparing fast search (once per model)…", self.store.prepare_query_path,
+                              only_if=self.store.query_path_pending)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _with_status(self, message: str, work: Callable[[], Any], only_if: Callable[[], bool] | None = None) -> None:
+        if only_if is not None and not only_if():
+            return
+        self.status(message)
+        try:
+            work()
+        finally:
+            self.status("")
+
+    def _plan(self, files: list[Path]) -> dict[Path, tuple[str, int]]:
+        """The files that need reading, each with its hash and page count: the bar's total, known up front."""
+        plan: dict[Path, tuple[str, int]] = {}
+        for path in files:
+            try:
+                digest = file_hash(path)
+            except OSError:
+                continue  # reported when its turn comes
+            if not self.store.is_current(source_of(path), digest):
+                plan[path] = (digest, count_pages(path, self.settings.file_timeout))
+        return plan
+
+    def _ingest_file(self, path: Path, report: IngestReport, batcher: Batcher, digest: str | None = None,
+                     offset: int = 0, page_count: int = 0) -> None:
+        """Read and chunk one file into the batcher (which commits it later), or report why not."""
+        source = source_of(path)
+        if digest is None:
+            try:
+                digest = file_hash(path)
+            except OSError as exc:
+                self._fail(report, path, f"cannot read: {exc.strerror or exc}")
+                return
+        if source in batcher.begun:
+            batcher.write()  # the same file under a second path (a link): commit the first to compare with
+        if self.store.is_current(source, digest):
+            report.files_unchanged += 1
+            batcher.progress.reach(offset + page_count)
+            return
+        generation = batcher.begin(source, digest)
+        notices: list[str] = []
+        pages_seen: list[int] = []
+        chunks = 0
+        tokens = 0
+        try:
+            pages = self._pages(path, notices, pages_seen)
+            made = chunk_pages(pages, self.store.embedder.tokenizer, self.settings.chunk_tokens,
+                               self.settings.overlap_tokens)
+            for chunk in time_limited(made, self.settings.file_timeout):
+                # The pages before the one this chunk starts on are done once it is embedded.
+                batcher.add(generation, source, chunk, offset + min(chunk.page_start - 1, page_count))
+                chunks += 1
+                tokens += chunk.tokens
+            if not chunks:
+                raise ReadError("no text to index")
+        except ReadError as exc:
+            batcher.drop(source)
+            batcher.progress.reach(offset + page_count)
+            self._fail(report, path, str(exc))
+            return
+        except FileTimeout:
+            batcher.drop(source)
+            batcher.progress.reach(offset + page_count)
+            self._fail(report, path, f"reading took longer than {self.settings.file_timeout:g} s (--file-timeout): "
+                       "a damaged or hostile file? If it is only large, raise --file-timeout")
+            return
+        batcher.finish(FinishedFile(path, source, generation, digest, len(pages_seen), chunks, tokens, notices,
+                                 offset + page_count))
+
+    def _pages(self, path: Path, notices: list[str], seen: list[int]) -> Iterator[Page]:
+        for page in read_pages(path, notices):
+            seen.append(page.number)
+            yield page
+
+    def _fail(self, report: IngestReport, path: Path, reason: str) -> None:
+        report.files_failed.append(FileFailure(str(path), reason))
+        self.notice(f"error: {path}: {reason}")
+
+
+def delete_paths(store: ArchivalStore, paths: Iterable[Path]) -> tuple[list[str], list[str]]:
+    """Remove documents (a directory removes every document under it); return (removed, not found)."""
+    removed: list[str] = []
+    missing: list[str] = []
+    with store.writing():
+        known = [doc.source for doc in store.documents()]
+        for path in paths:
+            source = source_of(path)
+            matches = [s for s in known if s == source or s.startswith(source.rstrip("/") + "/")]
+            if not matches:
+                missing.append(str(path))
+            for match in matches:
+                store.delete_document(match)
+                removed.append(match)
+    return removed, missing
+
+
+def ingest_text(store: ArchivalStore, source: str, text: str) -> int:
+    """Store one piece of text as its own document (the agent's archival_memory_insert); return its chunks."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    settings = store.settings
+    with store.writing():
+        generation = store.begin_document(source, digest)
+        chunks = list(chunk_pages([Page(1, text)], store.embedder.tokenizer, settings.chunk_tokens,
+                                  settings.overlap_tokens))
+        try:
+            store.add_chunks(generation, source, chunks, store.embedder.embed([c.text for c in chunks]))
+        except BaseException:
+            store.abort_document(generation)
+            raise
+        store.commit_document(source, generation, digest, 1, len(chunks))
+    return len(chunks)
