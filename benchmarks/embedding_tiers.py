@@ -22,7 +22,6 @@ not each pay for embedding 30 passages; its latency is measured separately, cold
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -139,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {info['load_average']}")
 
     from docqa.archive.rerank import DEFAULT_RERANK_DEPTH, Reranker
+    from docqa.embeddings.cache import use_cache_dir
     from docqa.embeddings.load import load_embedder
     from docqa.embeddings.static import cache_dir
     from docqa.embeddings.transformer import model_location
 
     if not args.quick:
         # The full run pays the static model's one-time distillation too: a fresh cache.
-        os.environ["DOCQA_CACHE_DIR"] = tempfile.mkdtemp(prefix="docqa-bench-cache-")
+        fresh_cache = Path(tempfile.mkdtemp(prefix="docqa-bench-cache-"))
+        use_cache_dir(fresh_cache)
     with Timer() as torch_load:
         torch_embedder = load_embedder(MODEL, "torch")
     static_cached = (cache_dir(Path(model_location(MODEL))) / "vectors.npy").exists()
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         import shutil
 
-        shutil.rmtree(os.environ["DOCQA_CACHE_DIR"], ignore_errors=True)
+        shutil.rmtree(fresh_cache, ignore_errors=True)
     write_result(name, result)
     plot(result, Path(__file__).resolve().parent / "results" / f"{name}.png")
     return 0

@@ -19,8 +19,6 @@ from typing import Any
 
 from docqa.settings import Settings
 
-OPENAI_URL = "https://api.openai.com/v1"
-
 
 class Store:
     """Archival memory: one store directory (or Chroma server collection) and what it holds."""
@@ -69,7 +67,7 @@ class Store:
         Give `model` and `base_url` (any OpenAI-compatible server; `api_key` for OpenAI itself), or a ready
         `docqa.agent.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's sessions file.
         """
-        from docqa.agent.llm import PLACEHOLDER_KEY, ChatClient
+        from docqa.agent.llm import OPENAI_URL, PLACEHOLDER_KEY, ChatClient
         from docqa.agent.loop import Agent, AgentResult
         from docqa.agent.memory import SessionStore
         from docqa.agent.replies import LLMError

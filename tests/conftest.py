@@ -7,6 +7,10 @@ from typing import Any
 
 import pytest
 
+from docqa.cli.process import configure_process
+
+configure_process()  # as the `docqa` command does, before anything imports torch
+
 
 @pytest.fixture(autouse=True)
 def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

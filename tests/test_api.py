@@ -84,3 +84,37 @@ def test_ask_without_a_key_for_openai_is_an_error_status_not_an_exception(tmp_pa
     store = docqa.open_store(tmp_path / "store")
     result = store.ask("anything", model="gpt-4o-mini")
     assert result.status == "error" and "API key" in result.error
+
+
+LEAVES_THE_PROCESS_ALONE = """
+import json, os, sys
+import chromadb, onnxruntime, sentence_transformers, torch  # what they set themselves is not docqa's doing
+before = dict(os.environ)
+calls = []
+set_threads = torch.set_num_threads
+torch.set_num_threads = lambda n: (calls.append(n), set_threads(n))
+import docqa
+store = docqa.open_store(sys.argv[1])
+report = store.ingest([sys.argv[2]])
+hits = store.search("zqxprocess", mode="hybrid").hits
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+found = any("zqxprocess" in hit.record.text for hit in hits)
+print(json.dumps({"changed": changed, "thread_calls": calls, "found": found}))
+"""
+
+
+def test_the_library_leaves_its_callers_process_alone(tmp_path: Path) -> None:
+    """No environment variable set, and torch's process-wide thread count never touched, by an ingest and a
+    hybrid search through the API (the `docqa` command tunes its own process; a library caller's is theirs)."""
+    import json
+
+    document = tmp_path / "notes.txt"
+    document.write_text("Quarterly notes. The process code is zqxprocess, kept in the binder.\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in
+           ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "OMP_WAIT_POLICY",
+            "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    done = subprocess.run([sys.executable, "-c", LEAVES_THE_PROCESS_ALONE, str(tmp_path / "store"), str(document)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"changed": [], "thread_calls": [], "found": True}

@@ -278,14 +278,27 @@ def test_no_key_and_no_base_url() -> None:
         ChatClient("gpt-4o-mini")
 
 
-def test_local_server_needs_no_key_and_env_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_server_needs_no_key_and_the_library_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeLLMServer(scripted_policy([])) as server:
+        ChatClient("fake-model", base_url=server.base_url, max_retries=0).complete(QUESTION)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+        with pytest.raises(LLMError, match="No API key"):  # OPENAI_* are the command line's to read
+            ChatClient("fake-model", max_retries=0)
+        ChatClient("fake-model", base_url=server.base_url, api_key="sk-flag", max_retries=0).complete(QUESTION)
+    assert server.authorizations == ["Bearer not-needed", "Bearer sk-flag"]
+
+
+def test_the_command_reads_the_servers_address_and_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from docqa.cli.agent_io import connect
+    from docqa.cli.config import resolve
+
     with FakeLLMServer(scripted_policy([])) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        ChatClient("fake-model", max_retries=0).complete(QUESTION)
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-        ChatClient("fake-model", max_retries=0).complete(QUESTION)
-        ChatClient("fake-model", api_key="sk-flag", max_retries=0).complete(QUESTION)
-    assert server.authorizations == ["Bearer not-needed", f"Bearer {SECRET}", "Bearer sk-flag"]
+        client, _ = connect(resolve(model="fake-model"), lambda kind, data: None)
+        client.complete(QUESTION)
+    assert server.authorizations[-1] == f"Bearer {SECRET}"
 
 
 @pytest.mark.parametrize("fault", ["401", "500", "404", "400", "hang", "non_json", "close", "empty_choices"])

@@ -16,7 +16,6 @@ whose text is one line that says what to do.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +41,7 @@ from docqa.agent.urls import basic_auth, display_url, one_line, url_credentials
 
 MODES = ("auto", "tools", "json")
 PLACEHOLDER_KEY = "not-needed"  # local servers ignore the key, but the openai client insists on one
+OPENAI_URL = "https://api.openai.com/v1"
 
 __all__ = ["MODES", "PLACEHOLDER_KEY", "ChatClient", "LLMError", "PromptTooLong", "Reply", "ToolCall",
            "estimate_messages_tokens", "estimate_tokens"]
@@ -74,8 +74,7 @@ class ChatClient:
         self.on_retry: Callable[[str], None] | None = None  # told when a request is sent again
         credentials: list[str] = []
         if client is None:
-            base_url = base_url if base_url is not None else os.environ.get("OPENAI_BASE_URL") or None
-            api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY") or None
+            # The values given, never the environment's: the `docqa` command resolves OPENAI_* for its users.
             if not api_key:
                 if not base_url:
                     raise LLMError("No API key: set OPENAI_API_KEY or pass --api-key "
@@ -90,8 +89,8 @@ class ChatClient:
                                         "send the key instead")
             try:
                 http = openai.DefaultHttpxClient(event_hooks={"request": [self._counted]})
-                client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries,
-                                       default_headers=headers or None, http_client=http)
+                client = openai.OpenAI(api_key=api_key, base_url=base_url or OPENAI_URL, timeout=timeout,
+                                       max_retries=max_retries, default_headers=headers or None, http_client=http)
             except openai.OpenAIError as exc:
                 raise LLMError(f"cannot set up the LLM client ({one_line(str(exc))}): check --base-url") from None
         self._client = client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -9,22 +10,28 @@ from urllib.parse import urlsplit
 from docqa.archive.records import StoreError
 
 
-def local_client(store_dir: Path) -> Any:
-    """A client on the local store that loads the vector index afresh.
+def local_client(store_dir: Path, previous: Any = None) -> Any:
+    """A client on the local store that loads the vector index afresh; `previous`, an older client on it, is closed.
 
-    chromadb keeps one engine per path in a process and hands it to every new client; it is dropped from
-    that cache so that this client reads what other processes wrote (clients still holding the old engine
-    keep working; ArchivalStore._chroma reopens them before their next call).
+    chromadb keeps one engine per path in a process and hands it to every new client, so a new client alone
+    would not see what other processes wrote since. Closing the previous client (chromadb's public close())
+    stops that engine when no other client in this process holds the path, and frees its files and memory.
+    If another client here still holds it, the engine is dropped from chromadb's per-path cache instead (a
+    private attribute, checked by tests/test_chroma_clients.py): that client keeps working with its engine,
+    and ArchivalStore._chroma reopens it before its next call.
     """
     import chromadb
     from chromadb.api.shared_system_client import SharedSystemClient
     from chromadb.config import Settings as ChromaSettings
 
-    SharedSystemClient._identifier_to_system.pop(str(store_dir / "chroma"), None)
+    path = str(store_dir / "chroma")
+    if previous is not None:
+        with contextlib.suppress(Exception):  # an engine that failed to load may fail to close too
+            previous.close()
+    SharedSystemClient._identifier_to_system.pop(path, None)
     try:
         store_dir.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(store_dir / "chroma"),
-                                         settings=ChromaSettings(anonymized_telemetry=False))
+        return chromadb.PersistentClient(path=path, settings=ChromaSettings(anonymized_telemetry=False))
     except OSError as exc:
         raise StoreError(f"cannot open the store at {store_dir}: {exc.strerror or exc}; pass --store DIR") from None
 

@@ -69,12 +69,23 @@ def fuse(dense: list[tuple[str, float]], lexical: list[tuple[str, float]], depth
     return [(i, scores[i]) for i in ordered[:depth]]
 
 
+_tune_threads = False  # see allow_thread_tuning
+
+
+def allow_thread_tuning(allowed: bool = True) -> None:
+    """Let hybrid searches change torch's (process-wide) thread count, as `one_core_less` says. The `docqa`
+    command allows it; a library caller's process is left alone unless it asks."""
+    global _tune_threads
+    _tune_threads = allowed
+
+
 @contextmanager
 def one_core_less() -> Iterator[None]:
     """Let torch use one core less while a lexical search runs in a thread (the query embedding barely
     gains from a second thread, SQLite does): on 2 cores a 100k-chunk hybrid search took 35 ms with
-    torch's two threads fighting SQLite, 22 ms with one, against 17 ms for the dense half alone."""
-    torch = sys.modules.get("torch")  # the static tier never loads it
+    torch's two threads fighting SQLite, 22 ms with one, against 17 ms for the dense half alone.
+    Only where allowed (allow_thread_tuning): torch's thread count belongs to the whole process."""
+    torch = sys.modules.get("torch") if _tune_threads else None  # the static tier and ONNX queries never load it
     threads = torch.get_num_threads() if torch else 1
     if threads < 2:
         yield

@@ -49,6 +49,9 @@ def generation_of(source: str, file_hash: str, chunking: str) -> str:
 class ArchivalStore(Searching):
     """Chroma + catalog behind one interface: write documents all-or-nothing, search in pages."""
 
+    _client: Any = None  # local stores open Chroma on first use: listing, lexical search and an agent's first
+    _collection: Any = None  # LLM request need only the catalog (importing chromadb alone costs about a second)
+
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
         self._embedder = embedder
@@ -58,8 +61,8 @@ class ArchivalStore(Searching):
             from docqa.archive.chroma import connect_server
             from docqa.archive.server_catalog import ServerCatalog
 
-            self.client = connect_server(settings.chroma_url)
-            self.catalog: Catalog = ServerCatalog(self.client, settings.collection)
+            self._client = connect_server(settings.chroma_url)
+            self.catalog: Catalog = ServerCatalog(self._client, settings.collection)
             self._open_collection()
         else:
             try:
@@ -69,13 +72,27 @@ class ArchivalStore(Searching):
                                  "pass --store DIR") from None
             self.catalog = SqliteCatalog(settings.store_dir / f"{settings.collection}.catalog.sqlite3")
             self._chroma_seen: int | None = None  # the catalog's data_version when our Chroma client loaded
-            with self._chroma():
-                pass
         self._check_model()
 
     # -- setup ----------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The Chroma client (for a local store, opened on first use)."""
+        if self._client is None:
+            with self._chroma():
+                pass
+        return self._client
+
+    @property
+    def collection(self) -> Any:
+        """The Chroma collection of the store's chunks (for a local store, opened on first use)."""
+        if self._collection is None:
+            with self._chroma():
+                pass
+        return self._collection
+
     def _open_collection(self) -> None:
-        self.collection = self.client.get_or_create_collection(
+        self._collection = self._client.get_or_create_collection(
             self.settings.collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
         )
 
@@ -92,16 +109,16 @@ class ArchivalStore(Searching):
         builds on a stale index.
         """
         if self.settings.chroma_url:
-            yield self.collection
+            yield self._collection
             return
         with open(self.settings.store_dir / "chroma.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             seen = self.catalog.others_version()
-            if seen != self._chroma_seen:
-                self.client = local_client(self.settings.store_dir)
+            if seen != self._chroma_seen or self._client is None:
+                self._client = local_client(self.settings.store_dir, previous=self._client)
                 self._open_collection()
                 self._chroma_seen = seen
-            yield self.collection
+            yield self._collection
 
     @property
     def embedder(self) -> Embedder:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from docqa.cli import ask, chat, documents
+from docqa.cli.process import configure_process
 
 
 class _Commands(click.Group):
@@ -29,6 +30,7 @@ def main() -> None:
     Documents go into archival memory (docqa ingest); an LLM agent pages through it with function
     calls to answer questions (docqa ask, docqa chat), as in the MemGPT paper.
     """
+    configure_process()
 
 
 for _command in (documents.ingest, documents.delete, documents.list_documents, documents.search, ask.ask, chat.chat,

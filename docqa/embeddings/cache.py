@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import platformdirs
+
+_root: Path | None = None  # see use_cache_dir
+
+
+def use_cache_dir(path: Path | None) -> None:
+    """Keep docqa's model cache in `path` (None: the per-user cache directory). The `docqa` command sets it from
+    DOCQA_CACHE_DIR; the library reads no environment variable."""
+    global _root
+    _root = path
+
+
+def cache_root() -> Path:
+    return _root or Path(platformdirs.user_cache_dir("docqa", appauthor=False))
 
 
 def keyed_cache_dir(kind: str, source: Path, recipe: dict[str, Any]) -> Path:
@@ -19,5 +31,4 @@ def keyed_cache_dir(kind: str, source: Path, recipe: dict[str, Any]) -> Path:
     for weights in sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    root = Path(os.environ.get("DOCQA_CACHE_DIR") or platformdirs.user_cache_dir("docqa", appauthor=False))
-    return root / kind / digest.hexdigest()[:16]
+    return cache_root() / kind / digest.hexdigest()[:16]

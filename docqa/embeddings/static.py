@@ -76,7 +76,7 @@ def load_static(name: str, location: str) -> StaticModelAdapter:
     tokenizer_file = source / "tokenizer.json"
     if not tokenizer_file.exists():
         raise EmbeddingError(f"'{name}' has no fast tokenizer (tokenizer.json); the static tier needs one")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(source))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(source), local_files_only=True)
     cache = cache_dir(source)
     vectors_file = cache / "vectors.npy"
     if not vectors_file.exists():
@@ -102,7 +102,7 @@ def distill(source: Path, tokenizer: Any) -> np.ndarray:
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(source)).eval()
+    model = AutoModel.from_pretrained(str(source), local_files_only=True).eval()
     vocab_size = len(tokenizer)
     remove = re.compile(RECIPE["remove"])
     special = set(tokenizer.all_special_ids)
