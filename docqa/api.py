@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from docqa.archive.records import DocumentRow, SearchPage
+from docqa.ingest.report import IngestReport
 from docqa.settings import Settings
+
+if TYPE_CHECKING:
+    from docqa.agent.llm import ChatClient
+    from docqa.agent.result import AgentResult
 
 
 class Store:
@@ -29,7 +35,7 @@ class Store:
         self.settings = settings
         self._archive = ArchivalStore(settings)
 
-    def ingest(self, paths: Iterable[str | Path], *, on_notice: Callable[[str], None] | None = None) -> Any:
+    def ingest(self, paths: Iterable[str | Path], *, on_notice: Callable[[str], None] | None = None) -> IngestReport:
         """Add files and directories (recursively); returns the IngestReport (counts, failures, reasons).
 
         Unchanged files are skipped; a bad file is reported through `on_notice` and in the report, and the
@@ -41,7 +47,7 @@ class Store:
         ingestor = Ingestor(self._archive, progress=False, notice=on_notice or notes.append)
         return ingestor.run([Path(p).expanduser() for p in paths])
 
-    def search(self, query: str, page: int = 0, page_size: int = 5, mode: str = "hybrid") -> Any:
+    def search(self, query: str, page: int = 0, page_size: int = 5, mode: str = "hybrid") -> SearchPage:
         """One page of results (a SearchPage: `.hits`, `.total`, `.num_pages`, `.format()`), 0-based pages.
 
         `mode`: "hybrid" (meaning and exact words), "dense" or "lexical".
@@ -54,13 +60,14 @@ class Store:
 
         return delete_paths(self._archive, [Path(p).expanduser() for p in paths])
 
-    def documents(self) -> list[Any]:
+    def documents(self) -> list[DocumentRow]:
         """What the store holds: one row per document (`.source`, `.pages`, `.chunks`, `.file_hash`)."""
         return self._archive.documents()
 
     def ask(self, question: str, *, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
-            client: Any = None, llm_mode: str = "auto", context_window: int = 8192, max_steps: int = 20,
-            llm_timeout: float = 120.0, fold_system: bool = False, session: str | None = None) -> Any:
+            client: ChatClient | None = None, llm_mode: str = "auto", context_window: int = 8192,
+            max_steps: int = 20, llm_timeout: float = 120.0, fold_system: bool = False,
+            session: str | None = None) -> AgentResult:
         """Answer `question` with the MemGPT agent; returns an AgentResult (`.answer`, `.status`, `.citations`,
         `.steps`, `.llm_calls`, `.error`). The status is "answered", "step_limit" or "error"; nothing raises.
 
@@ -68,7 +75,8 @@ class Store:
         `docqa.agent.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's sessions file.
         """
         from docqa.agent.llm import OPENAI_URL, PLACEHOLDER_KEY, ChatClient
-        from docqa.agent.loop import Agent, AgentResult
+        from docqa.agent.loop import Agent
+        from docqa.agent.result import AgentResult
         from docqa.agent.memory import SessionStore
         from docqa.agent.replies import LLMError
 

@@ -36,7 +36,7 @@ def test_a_long_lived_store_sees_other_processes_ingests_without_leaking(tmp_pat
     store = ArchivalStore(resolve(), embedder=embedder)
     assert _found(store, "zqxfirst")
     opened = _open_files()
-    for n in range(8):  # each new document makes the store reopen its client before the next search
+    for n in range(4):  # each new document makes the store reopen its client before the next search
         write_text(corpus / f"more{n}.txt", "\n\n".join(real_text_paragraphs(3)) + f"\nLater code zqxlater{n}.")
         _ingest_elsewhere(corpus / f"more{n}.txt")
         assert _found(store, f"zqxlater{n}"), n
@@ -61,15 +61,34 @@ def test_two_stores_on_one_directory_in_one_process_both_see_new_writes(tmp_path
     assert _found(two, "zqxbeta")
 
 
-def test_listing_and_lexical_search_do_not_open_chroma(tmp_path: Path, embedder: Any) -> None:
-    """`docqa list` and `docqa search --mode lexical` need only the catalog: they never import chromadb."""
+def test_no_command_that_only_reads_imports_chromadb(tmp_path: Path, embedder: Any) -> None:
+    """`docqa list` and lexical search need only the catalog, and dense and hybrid search ask Chroma's engine
+    directly (docqa.archive.chroma.EngineReader): none of them pays for importing chromadb (about 0.9 s). If
+    chromadb changes its engine's bindings, the search falls back to the client, and this fails."""
     write_text(tmp_path / "a.txt", "\n\n".join(real_text_paragraphs(3)) + "\nThe code is zqxlexical.")
     _ingest_elsewhere(tmp_path / "a.txt")
     probe = ("import sys\nfrom click.testing import CliRunner\nfrom docqa.cli import main\n"
-             "for args in (['list'], ['search', 'zqxlexical', '--mode', 'lexical']):\n"
+             "for args in (['list'], ['search', 'zqxlexical', '--mode', 'lexical'], ['search', 'zqxlexical'],\n"
+             "             ['search', 'code', '--mode', 'dense']):\n"
              "    result = CliRunner().invoke(main, args)\n    assert result.exit_code == 0, result.output\n"
              "    assert 'zqxlexical' in result.output or args == ['list'], result.output\n"
              "print('chromadb' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_chromas_engine_and_its_client_answer_alike(tmp_path: Path, embedder: Any) -> None:
+    from docqa.archive.chroma import EngineReader
+
+    write_text(tmp_path / "a.txt", "\n\n".join(real_text_paragraphs(40)))
+    _ingest_elsewhere(tmp_path / "a.txt")
+    store = ArchivalStore(resolve(), embedder=embedder)
+    vector = embedder.embed(["the history of the river valley"]).tolist()
+    ids, distances = EngineReader(resolve().store_dir, "docqa").nearest(vector, 25)
+    with store._chroma() as collection:
+        expected = collection.query(query_embeddings=vector, n_results=25, include=["distances"])
+    assert len(ids) == min(25, store.count()) > 5
+    assert ids == expected["ids"][0]
+    assert distances == [round(d, 6) for d in expected["distances"][0]] or \
+        max(abs(a - b) for a, b in zip(distances, expected["distances"][0], strict=True)) < 1e-6

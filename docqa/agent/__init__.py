@@ -1,5 +1,2 @@
-"""The agent: the MemGPT loop, its main context and memory, its functions, and the LLM client."""
-
-from docqa.agent.loop import Agent, AgentResult
-
-__all__ = ["Agent", "AgentResult"]
+"""The agent: the MemGPT loop (loop.py), its main context and memory, its functions (tools.py), and the LLM
+client (llm.py). Nothing is imported here, so that `docqa.agent.result` stays light."""

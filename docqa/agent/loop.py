@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from docqa.agent.context import ContextError, MainContext
+from docqa.agent.result import AgentResult
 from docqa.agent.llm import ChatClient, LLMError, PromptTooLong, Reply, estimate_tokens
 from docqa.agent.memory import SessionStore, quote_messages, summary_request
 from docqa.agent.tools import Toolbox, ToolOutcome
@@ -53,25 +53,6 @@ STEP_LIMIT_CLOSING = "(I used up the step limit of {steps} calls for this questi
 ERROR_CLOSING = "(This question ended early: the request to the LLM failed, so no answer was sent.)"
 
 Event = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass
-class AgentResult:
-    answer: str
-    status: str  # answered | step_limit | error | no_llm
-    citations: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"answer": self.answer, "status": self.status, "citations": self.citations, "steps": self.steps,
-                "llm_calls": self.llm_calls, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "seconds": round(self.seconds, 3),
-                "error": self.error}
 
 
 class Agent:

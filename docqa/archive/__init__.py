@@ -1,5 +1,4 @@
-"""Archival memory: Chroma for vectors, a catalog for truth and words, and the search over both."""
+"""Archival memory: Chroma for vectors, a catalog for truth and words, and the search over both.
 
-from docqa.archive.store import ArchivalStore, SearchHit, SearchPage, StoreError
-
-__all__ = ["ArchivalStore", "SearchHit", "SearchPage", "StoreError"]
+store.py (ArchivalStore) is the entry; records.py holds what it hands out. Nothing is imported here, so
+that importing one module of the package costs only that module."""

@@ -36,6 +36,46 @@ def local_client(store_dir: Path, previous: Any = None) -> Any:
         raise StoreError(f"cannot open the store at {store_dir}: {exc.strerror or exc}; pass --store DIR") from None
 
 
+class EngineReader:
+    """Nearest-neighbour queries on a local store through Chroma's own engine, without chromadb's Python layer.
+
+    chromadb's client is a Python layer over a Rust engine (the `chromadb_rust_bindings` package). Importing
+    that layer costs about 0.9 s per process here (its API types, every built-in embedding function,
+    OpenTelemetry), which a one-query `docqa search` or an agent's first search would pay for a query of a
+    few milliseconds; the engine itself opens and answers in about 0.08 s. This reader opens the engine as
+    chromadb's own RustBindingsAPI.start does and asks it what RustBindingsAPI._query asks. The bindings are
+    not a public API: any failure here makes the store use chromadb's client for the rest of the process, and
+    tests/test_chroma_clients.py checks that both answer a query alike, so a chromadb that changes them fails
+    there loudly. Read-only; writes always go through the client.
+    """
+
+    def __init__(self, store_dir: Path, collection: str) -> None:
+        import resource
+
+        import chromadb_rust_bindings as engine
+
+        path = str(store_dir / "chroma")
+        config = engine.SqliteDBConfig(hash_type=engine.MigrationHash.MD5, migration_mode=engine.MigrationMode.Apply,
+                                       url=f"{path}/chroma.sqlite3")
+        # chromadb's default: a fifth of the file handles (each HNSW index holds five files open)
+        handles = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 5
+        self._engine: Any = engine.Bindings(allow_reset=False, sqlite_db_config=config, persist_path=path,
+                                            hnsw_cache_size=handles)
+        self._collection_id = str(self._engine.get_collection(collection, _TENANT, _DATABASE).id)
+
+    def nearest(self, vectors: list[list[float]], n_results: int) -> tuple[list[str], list[float]]:
+        """(ids, cosine distances) of the `n_results` nearest chunks to the first vector, nearest first."""
+        found = self._engine.query(self._collection_id, None, vectors, n_results, None, None, ["distances"],
+                                   _TENANT, _DATABASE)
+        return list(found.ids[0]), [float(d) for d in found.distances[0]]
+
+    def close(self) -> None:
+        self._engine = None  # dropping the engine closes its files, as chromadb's own stop() does
+
+
+_TENANT, _DATABASE = "default_tenant", "default_database"  # chromadb's defaults, which docqa's clients use
+
+
 def connect_server(url: str, timeout: float = 10.0) -> Any:
     """A `chromadb.HttpClient` for a `chroma run` server at `url` (http[s]://host[:port]), checked alive."""
     import chromadb

@@ -25,6 +25,7 @@ class Searching:
     catalog: Catalog
     _embedder: Any
     _rankings: OrderedDict[tuple, list[tuple[str, float]]]
+    _chroma_seen: int | None
 
     _query_embedder: Any = None
 
@@ -169,20 +170,21 @@ class Searching:
         return reordered + ranking[len(head):]
 
     def _dense(self, query: str, depth: int) -> list[tuple[str, float]]:
-        from chromadb.errors import ChromaError
-
         # Nothing committed, nothing to find. (The catalog's count is free; Chroma's count() cost ~15 ms a
         # search at 100k chunks, and Chroma simply returns fewer results when it holds fewer.)
         if not query.strip() or not self.catalog.total_chunks():
             return []
-        vector = self.query_embedder.embed([query])
+        vector = self.query_embedder.embed([query]).tolist()
         for attempt in (1, 2):
             try:
-                with self._chroma() as collection:
-                    # Ask past `depth`: uncommitted chunks of a concurrent ingest are dropped below.
-                    result = collection.query(query_embeddings=vector, n_results=depth + 64, include=["distances"])
+                # Ask past `depth`: uncommitted chunks of a concurrent ingest are dropped below.
+                ids, distances = self.nearest(vector, depth + 64)
                 break
-            except ChromaError as exc:
+            except Exception as exc:
+                from chromadb.errors import ChromaError  # here, not above: importing chromadb costs ~0.9 s
+
+                if not isinstance(exc, ChromaError):
+                    raise
                 if self.settings.chroma_url:
                     raise StoreError(f"the Chroma server at {self.settings.chroma_url} failed a query ({exc}): "
                                      "check its log") from None
@@ -191,6 +193,5 @@ class Searching:
                                      "`docqa ingest` on this store again (e.g. on the same files): it rebuilds "
                                      "the index from the catalog") from None
                 self._chroma_seen = None  # a fresh client reads the index from disk again
-        ids, distances = result["ids"][0], result["distances"][0]
         committed = self.catalog.committed(ids)
         return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i in committed][:depth]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from docqa.archive.chroma import local_client
+from docqa.archive.chroma import EngineReader, local_client
 from docqa.archive.records import (
     SEARCH_MODES,
     ChunkRecord,
@@ -51,6 +51,9 @@ class ArchivalStore(Searching):
 
     _client: Any = None  # local stores open Chroma on first use: listing, lexical search and an agent's first
     _collection: Any = None  # LLM request need only the catalog (importing chromadb alone costs about a second)
+    _reader: Any = None  # a docqa.archive.chroma.EngineReader while no client is open (see nearest)
+    _reader_seen: int | None = None
+    _reader_failed = False
 
     def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
         self.settings = settings
@@ -115,10 +118,37 @@ class ArchivalStore(Searching):
             fcntl.flock(handle, fcntl.LOCK_EX)
             seen = self.catalog.others_version()
             if seen != self._chroma_seen or self._client is None:
+                self._close_reader()  # from here on this process reads through the client it writes through
                 self._client = local_client(self.settings.store_dir, previous=self._client)
                 self._open_collection()
                 self._chroma_seen = seen
             yield self._collection
+
+    def nearest(self, vectors: list[list[float]], n_results: int) -> tuple[list[str], list[float]]:
+        """(ids, cosine distances) of the chunks nearest to the first of `vectors`, nearest first (committed or
+        not). A local store that has not opened chromadb's client asks Chroma's engine directly (EngineReader:
+        a cold search then skips importing chromadb); otherwise, or if that fails, the client."""
+        if not self.settings.chroma_url and self._client is None and not self._reader_failed:
+            try:
+                with open(self.settings.store_dir / "chroma.lock", "a") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    seen = self.catalog.others_version()
+                    if self._reader is None or seen != self._reader_seen:
+                        self._close_reader()
+                        self._reader = EngineReader(self.settings.store_dir, self.settings.collection)
+                        self._reader_seen = seen
+                    return self._reader.nearest(vectors, n_results)
+            except Exception:  # noqa: BLE001 - the bindings are not chromadb's public API: use the client instead
+                self._close_reader()
+                self._reader_failed = True
+        with self._chroma() as collection:
+            result = collection.query(query_embeddings=vectors, n_results=n_results, include=["distances"])
+        return result["ids"][0], result["distances"][0]
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     @property
     def embedder(self) -> Embedder:

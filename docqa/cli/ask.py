@@ -33,7 +33,8 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
 
     Exit code 0 when answered (or with --no-llm), 1 when the step limit was hit or the LLM failed.
     """
-    from docqa.agent.loop import Agent, AgentResult
+    from docqa.agent.loop import Agent
+    from docqa.agent.result import AgentResult
 
     config = build_settings(**flags)
     store = open_existing_store(config)

@@ -1,6 +1,2 @@
-"""The embedders: the transformer (sentence-transformers), the static tier, and the fast ONNX query path."""
-
-from docqa.embeddings.load import load_embedder
-from docqa.embeddings.transformer import Embedder, EmbeddingError, model_limit, model_location
-
-__all__ = ["Embedder", "EmbeddingError", "load_embedder", "model_limit", "model_location"]
+"""The embedders: the transformer (transformer.py), the static tier (static.py) and the fast ONNX query path
+(onnx.py), loaded through load.py. Nothing is imported here: the models load only when asked for."""

@@ -1,5 +1,2 @@
-"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> archival memory."""
-
-from docqa.ingest.pipeline import Ingestor, IngestReport, delete_paths
-
-__all__ = ["IngestReport", "Ingestor", "delete_paths"]
+"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> archival memory (pipeline.py: Ingestor).
+Nothing is imported here, so that the report type (report.py) costs nothing to import."""
