@@ -57,6 +57,8 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion
 
+from testkit.serving import LocalServer
+
 Policy = Callable[[dict[str, Any]], dict[str, Any]]
 
 HANG_SECONDS = 5.0  # longer than the ~1 s client timeout tests use, short enough never to stall a run
@@ -75,7 +77,17 @@ class ServerReply(Exception):  # noqa: N818 (an answer, not an error of the serv
         self.status, self.message, self.kind = status, message, kind
 
 
-class FakeLLMServer:
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops a kept-alive connection is normal (real servers log nothing): no traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class FakeLLMServer(LocalServer):
     """The server, as a context manager; `.base_url` ends in /v1, `.requests` holds every JSON body received."""
 
     def __init__(self, policy: Policy, *, faults: list[str] | None = None, template: str | None = None,
@@ -97,39 +109,26 @@ class FakeLLMServer:
             if template not in templates.TEMPLATES and "{" not in template:
                 raise ValueError(f"unknown chat template {template!r}; have {templates.TEMPLATES}")
         self.template = template
+        super().__init__()
         self.prompts: list[str] = []  # each rendered prompt, in order (template mode)
         self.models = list(models) if models is not None else ["fake"]
         self.model_info = dict(model_info or {})
         self.props = props
         self._lock = threading.Lock()
-        self._stop = threading.Event()  # ends "hang" sleeps when the server shuts down
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+
+    server_class = _QuietServer
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     @property
     def base_url(self) -> str:
-        assert self._httpd is not None, "use FakeLLMServer as a context manager"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"{self.root}/v1"
 
     def add_faults(self, *faults: str) -> None:
         """Queue more faults while the server runs (e.g. to fail the third request)."""
         with self._lock:
             self.faults.extend(faults)
-
-    def __enter__(self) -> FakeLLMServer:
-        self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
     # -- what one request gets -------------------------------------------------------------
     def _answer(self, body: dict[str, Any], authorization: str,
@@ -165,7 +164,7 @@ class FakeLLMServer:
             return _error(403, f"not authorised: {authorization} ({_decoded(authorization)}) for {url}",
                           "authentication_error")
         if fault == "hang":
-            self._stop.wait(HANG_SECONDS)
+            self.stopping.wait(HANG_SECONDS)
             return 0, {}, b""  # by now the client has given up; send nothing
         if fault == "non_json":
             return 200, {"Content-Type": "text/html"}, "<html>oops"
@@ -186,16 +185,6 @@ class FakeLLMServer:
                 return _error(500, f"policy raised {type(exc).__name__}: {exc}", "server_error",
                               {"x-should-retry": "false"})
         return 200, {}, json.dumps(_finish(response, body, prompt)).encode()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """A client that drops a kept-alive connection is normal (real servers log nothing): no traceback."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 def _handler_for(server: FakeLLMServer) -> type[BaseHTTPRequestHandler]:

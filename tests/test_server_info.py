@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from docqa.agent import server_probes
+from testkit.serving import LocalServer
 from docqa.agent.server_info import ServerInfo, ServerInfoError, choose_model, effective_context_window, probe_server
 
 KEY = "sk-test-secret-0123456789"
@@ -32,20 +32,16 @@ def ok(body: Any) -> Answer:
     return 200, "application/json", body
 
 
-class FlavourServer:
+class FlavourServer(LocalServer):
     """An HTTP server on 127.0.0.1 answering `routes` {("GET", "/path"): answer}; `.requests` records each request."""
 
     def __init__(self, routes: dict[tuple[str, str], Route]) -> None:
+        super().__init__()
         self.routes = routes
         self.requests: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def root(self) -> str:
-        assert self._httpd is not None
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     @property
     def base_url(self) -> str:
@@ -53,20 +49,6 @@ class FlavourServer:
 
     def paths(self) -> list[str]:
         return [f"{r['method']} {r['path']}" for r in self.requests]
-
-    def __enter__(self) -> FlavourServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._httpd is not None and self._thread is not None
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
 
 def _handler_for(server: FlavourServer) -> type[BaseHTTPRequestHandler]:
@@ -90,7 +72,7 @@ def _handler_for(server: FlavourServer) -> type[BaseHTTPRequestHandler]:
             if route is None:
                 answer: Answer = 404, "application/json", {"error": f"no route {method} {parts.path}"}
             elif route == "hang":
-                server._stop.wait(HANG_SECONDS)
+                server.stopping.wait(HANG_SECONDS)
                 self.close_connection = True
                 return
             elif route == "trickle":  # a 200 whose body arrives a byte every 0.2 s: no read ever times out
@@ -119,7 +101,7 @@ def _handler_for(server: FlavourServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             try:
                 for _ in range(1000):
-                    if server._stop.wait(0.2):
+                    if server.stopping.wait(0.2):
                         break
                     self.wfile.write(b" ")
                     self.wfile.flush()
