@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from docqa.archive.records import DocumentRow, SearchPage
 from docqa.ingest.report import IngestReport
@@ -67,33 +67,34 @@ class Store:
     def ask(self, question: str, *, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
             client: ChatClient | None = None, llm_mode: str = "auto", context_window: int = 8192,
             max_steps: int = 20, llm_timeout: float = 120.0, fold_system: bool = False,
-            session: str | None = None) -> AgentResult:
+            session: str | None = None, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> AgentResult:
         """Answer `question` with the MemGPT agent; returns an AgentResult (`.answer`, `.status`, `.citations`,
         `.steps`, `.llm_calls`, `.error`). The status is "answered", "step_limit" or "error"; nothing raises.
 
-        Give `model` and `base_url` (any OpenAI-compatible server; `api_key` for OpenAI itself), or a ready
-        `docqa.agent.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's sessions file.
+        Give `base_url` (any OpenAI-compatible server: without `model`, its only model is used, and the window
+        is the smaller of `context_window` and the one the server runs) or `api_key` for OpenAI itself, or a
+        ready `docqa.agent.llm.ChatClient` as `client`. `session` keeps memory across calls in the store's
+        sessions file. `on_event(kind, data)` sees each step, as `docqa ask --trace` prints them.
         """
-        from docqa.agent.llm import OPENAI_URL, PLACEHOLDER_KEY, ChatClient
+        from docqa.agent.connect import connect
         from docqa.agent.loop import Agent
-        from docqa.agent.result import AgentResult
         from docqa.agent.memory import SessionStore
         from docqa.agent.replies import LLMError
+        from docqa.agent.result import AgentResult
 
-        if client is None and not (api_key or base_url):
-            return AgentResult(answer="", status="error", error="no API key: pass api_key=... for OpenAI, or "
-                               "base_url=... for a local OpenAI-compatible server")
+        settings = self.settings.with_(model=model, base_url=base_url, api_key=api_key, llm_mode=llm_mode,
+                                       context_window=context_window, max_steps=max_steps, llm_timeout=llm_timeout,
+                                       fold_system=fold_system)
         if client is None:
-            url = base_url or OPENAI_URL
-            key = api_key or (PLACEHOLDER_KEY if base_url else "")
+            if not (api_key or base_url):
+                return AgentResult(answer="", status="error", error="no API key: pass api_key=... for OpenAI, or "
+                                   "base_url=... for a local OpenAI-compatible server")
             try:
-                client = ChatClient(model or "", base_url=url, api_key=key, mode=llm_mode, timeout=llm_timeout,
-                                    fold_system=fold_system)
+                client, settings = connect(settings, on_event)
             except LLMError as exc:
                 return AgentResult(answer="", status="error", error=str(exc))
-        settings = self.settings.with_(context_window=context_window, max_steps=max_steps)
         sessions = SessionStore(settings.store_dir / "sessions.sqlite3") if session else None
-        agent = Agent(settings, self._archive, client, session=session or "ask", sessions=sessions)
+        agent = Agent(settings, self._archive, client, session=session or "ask", sessions=sessions, on_event=on_event)
         return agent.ask(question)
 
 

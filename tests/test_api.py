@@ -80,6 +80,24 @@ def test_ingest_search_pages_delete_and_ask(tmp_path: Path) -> None:
     assert answer.citations and answer.llm_calls == len(server.requests)
 
 
+def test_ask_uses_the_servers_only_model_and_its_window_as_the_command_does(tmp_path: Path) -> None:
+    pairs, key, expected, _ = kv_sample(1, 0)
+    docs = tmp_path / "pairs"
+    docs.mkdir()
+    for i, (k, v) in enumerate(pairs):
+        (docs / f"pair-{i:03d}.txt").write_text(f"Key-value pair: key = {k}, value = {v}\n")
+    store = docqa.open_store(tmp_path / "store")
+    store.ingest([docs])
+    events: list[tuple[str, dict[str, Any]]] = []
+    with FakeLLMServer(nested_kv_policy, models=["only-model"], model_info={"max_model_len": 6000}) as server:
+        answer = store.ask(kv_question(key), base_url=server.base_url, on_event=lambda *event: events.append(event))
+    assert answer.status == "answered", answer.error
+    assert answer.answer == expected
+    assert {body["model"] for body in server.requests} == {"only-model"}
+    said = " ".join(data.get("message", "") for kind, data in events if kind == "server")
+    assert "only-model" in said and "6,000 tokens, from the server" in said
+
+
 def test_ask_without_a_key_for_openai_is_an_error_status_not_an_exception(tmp_path: Path) -> None:
     store = docqa.open_store(tmp_path / "store")
     result = store.ask("anything", model="gpt-4o-mini")

@@ -9,14 +9,12 @@ from typing import Any
 import click
 
 from docqa.cli.evidence import evidence_excerpt
-from docqa.cli.shared import UserError
 from docqa.settings import Settings
 
 NO_LLM_HELP = ("no LLM configured. Set DOCQA_MODEL and OPENAI_API_KEY (OpenAI), or OPENAI_BASE_URL (and "
                "DOCQA_MODEL if the server serves several models) for a local OpenAI-compatible server (vLLM, "
                "Ollama, llama.cpp, LM Studio), or pass --model/--base-url. Showing the top archival search "
                "results instead.")
-PROBE_SECONDS = 5.0  # at most, for asking the server its models and window
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -26,44 +24,10 @@ def has_llm(config: Settings) -> bool:
 
 
 def connect(config: Settings, on_event: Event) -> tuple[Any, Settings]:
-    """The chat client, and the settings with the model and window the server actually serves.
+    """The chat client, and the settings with the model and window the server serves (docqa.agent.connect)."""
+    from docqa.agent.connect import connect as connect_client
 
-    With --base-url, the server is asked what it serves (GET /v1/models, and the window wherever vLLM,
-    llama.cpp, Ollama or LM Studio say it): without --model its only model is used, and the window is the
-    smaller of --context-window and the server's.
-    """
-    from docqa.agent.llm import ChatClient
-
-    notes: list[str] = []
-    model = config.model
-    if config.base_url:
-        from docqa.agent.server_info import ServerInfoError, choose_model, probe_server
-
-        info = probe_server(config.base_url, model, config.api_key, timeout=min(PROBE_SECONDS, config.llm_timeout))
-        notes += info.notes
-        if not model:
-            try:
-                model = choose_model(info, config.base_url)
-            except ServerInfoError as exc:
-                raise UserError(str(exc)) from None
-            notes.append(f"model: {model}, the only one the server lists (--model picks another)")
-        window = config.context_window
-        if info.context_window and info.context_window < window:
-            config = config.with_(context_window=info.context_window)
-            notes.append(f"context window: {info.context_window:,} tokens, from the server ({info.window_source}); "
-                         f"--context-window is {window:,}")
-        elif info.context_window:
-            notes.append(f"context window: {window:,} tokens (--context-window); the server serves "
-                         f"{info.context_window:,} ({info.window_source})")
-        else:
-            notes.append(f"context window: {window:,} tokens (--context-window); the server did not say its own")
-    client = ChatClient(model or "", base_url=config.base_url, api_key=config.api_key, mode=config.llm_mode,
-                        timeout=config.llm_timeout, fold_system=config.fold_system)
-    for notice in client.notices:
-        click.echo(f"docqa: note: {notice}", err=True)
-    for note in notes:
-        on_event("server", {"message": client.scrub(note)})
-    return client, config.with_(model=model)
+    return connect_client(config, on_event, on_notice=lambda text: click.echo(f"docqa: note: {text}", err=True))
 
 
 def print_trace(kind: str, data: dict[str, Any]) -> None:
