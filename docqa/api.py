@@ -24,6 +24,7 @@ from docqa.settings import Settings
 if TYPE_CHECKING:
     from docqa.agent.llm import ChatClient
     from docqa.agent.result import AgentResult
+    from docqa.archive.store import ArchivalStore
 
 
 class Store:
@@ -35,16 +36,23 @@ class Store:
         self.settings = settings
         self._archive = ArchivalStore(settings)
 
-    def ingest(self, paths: Iterable[str | Path], *, on_notice: Callable[[str], None] | None = None) -> IngestReport:
+    @property
+    def archive(self) -> ArchivalStore:
+        """The archival store underneath (docqa.archive.store), for what this API does not cover."""
+        return self._archive
+
+    def ingest(self, paths: Iterable[str | Path], *, on_notice: Callable[[str], None] | None = None,
+               progress: bool = False, on_status: Callable[[str], None] | None = None) -> IngestReport:
         """Add files and directories (recursively); returns the IngestReport (counts, failures, reasons).
 
         Unchanged files are skipped; a bad file is reported through `on_notice` and in the report, and the
-        others still go in.
+        others still go in. `progress` draws the ingest bar on stderr; `on_status` gets a transient state line
+        ("loading the embedding model…"), and "" when it is over.
         """
         from docqa.ingest.pipeline import Ingestor
 
         notes: list[str] = []
-        ingestor = Ingestor(self._archive, progress=False, notice=on_notice or notes.append)
+        ingestor = Ingestor(self._archive, progress=progress, notice=on_notice or notes.append, status=on_status)
         return ingestor.run([Path(p).expanduser() for p in paths])
 
     def search(self, query: str, page: int = 0, page_size: int = 5, mode: str = "hybrid") -> SearchPage:
@@ -59,6 +67,10 @@ class Store:
         from docqa.ingest.pipeline import delete_paths
 
         return delete_paths(self._archive, [Path(p).expanduser() for p in paths])
+
+    def count(self) -> int:
+        """How many chunks the store holds (of committed documents)."""
+        return self._archive.count()
 
     def documents(self) -> list[DocumentRow]:
         """What the store holds: one row per document (`.source`, `.pages`, `.chunks`, `.file_hash`)."""

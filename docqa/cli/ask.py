@@ -14,7 +14,6 @@ from docqa.cli.shared import (
     friendly,
     llm_options,
     open_existing_store,
-    session_store,
     store_options,
 )
 
@@ -33,7 +32,6 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
 
     Exit code 0 when answered (or with --no-llm), 1 when the step limit was hit or the LLM failed.
     """
-    from docqa.agent.loop import Agent
     from docqa.agent.result import AgentResult
 
     config = build_settings(**flags)
@@ -52,9 +50,8 @@ def ask(question: str, session: str | None, trace: bool, as_json: bool, no_llm: 
         return
     on_event = print_trace if trace else no_trace
     client, config = connect(config, on_event)
-    sessions = session_store(config) if session else None
-    agent = Agent(config, store, client, session=session or "ask", sessions=sessions, on_event=on_event)
-    result = agent.ask(question)
+    result = store.ask(question, client=client, context_window=config.context_window, max_steps=config.max_steps,
+                       session=session, on_event=on_event)
     if as_json:
         emit_json(result.to_json())
     elif result.status == "answered":

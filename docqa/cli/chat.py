@@ -52,7 +52,8 @@ def chat(session: str, trace: bool, **flags: Any) -> None:
     store = open_existing_store(config)
     on_event = print_trace if trace else no_trace
     client, config = connect(config, on_event)
-    agent = Agent(config, store, client, session=session, sessions=session_store(config), on_event=on_event)
+    agent = Agent(config, store.archive, client, session=session, sessions=session_store(config),
+                  on_event=on_event)
     interactive = sys.stdin.isatty()
     if interactive:
         _line_editing(config.store_dir / "chat_history")

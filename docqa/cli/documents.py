@@ -38,7 +38,6 @@ def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **
         return
     from docqa.chunking import check_sizes
     from docqa.embeddings.transformer import model_limit
-    from docqa.ingest.pipeline import Ingestor
 
     config = build_settings(**flags)
     # Sizes are checked against the model's config files before anything is loaded or created.
@@ -48,7 +47,7 @@ def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **
         raise click.UsageError(problem)
     store = open_store(config)
     if limit is None:  # a model whose limit its files do not tell: ask the loaded model
-        problem = check_sizes(config.chunk_tokens, config.overlap_tokens, store.embedder.max_tokens)
+        problem = check_sizes(config.chunk_tokens, config.overlap_tokens, store.archive.embedder.max_tokens)
         if problem:
             raise click.UsageError(problem)
     from tqdm import tqdm
@@ -64,7 +63,7 @@ def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **
             sys.stderr.write(f"\r\x1b[K{message}")
             sys.stderr.flush()
 
-    report = Ingestor(store, progress=progress, notice=notice, status=status).run(paths)
+    report = store.ingest(paths, on_notice=notice, progress=progress, on_status=status)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -83,12 +82,10 @@ def delete(paths: tuple[Path, ...], as_json: bool, **flags: Any) -> None:
 
 
 def _delete(paths: tuple[Path, ...], as_json: bool, flags: dict[str, Any]) -> None:
-    from docqa.ingest.pipeline import delete_paths
-
     flags = {k: v for k, v in flags.items() if k in ("store_dir", "collection", "chroma_url", "embedding_model",
                                                       "embedding_backend")}
     store = open_existing_store(build_settings(**flags))
-    removed, missing = delete_paths(store, paths)
+    removed, missing = store.delete(paths)
     if as_json:
         emit_json({"removed": removed, "not_found": missing, "chunks_total": store.count()})
     else:
@@ -128,8 +125,9 @@ def list_documents(as_json: bool, **flags: Any) -> None:
 def search(query: str, page: int, page_size: int | None, mode: str, scores: bool, as_json: bool,
            **flags: Any) -> None:
     """Search archival memory, one page at a time: the agent's archival_memory_search."""
-    store = open_existing_store(build_settings(page_size=page_size, **flags))
-    result = store.search(query, page=page, mode=mode)
+    config = build_settings(page_size=page_size, **flags)
+    store = open_existing_store(config)
+    result = store.search(query, page=page, page_size=config.page_size, mode=mode)
     if as_json:
         emit_json(result.to_json())
     else:

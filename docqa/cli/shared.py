@@ -12,13 +12,16 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from docqa.cli.config import resolve
 from docqa.errors import DocqaError
 from docqa.settings import Settings
+
+if TYPE_CHECKING:
+    from docqa.api import Store
 
 Command = Callable[..., Any]
 
@@ -129,13 +132,14 @@ def build_settings(**flags: Any) -> Settings:
     return resolve(**flags)
 
 
-def open_store(config: Settings) -> Any:
-    from docqa.archive.store import ArchivalStore
+def open_store(config: Settings) -> Store:
+    """The store these settings name, through the library's API (docqa.api.Store): the command is a layer over it."""
+    from docqa.api import Store
 
-    return ArchivalStore(config)
+    return Store(config)
 
 
-def open_existing_store(config: Settings) -> Any:
+def open_existing_store(config: Settings) -> Store:
     """The store for a command that only reads (search, list, ask, chat, delete): never creates one."""
     from docqa.archive.records import check_collection_name
 
