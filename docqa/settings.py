@@ -27,8 +27,9 @@ class Settings:
     collection: str = DEFAULT_COLLECTION
     chroma_url: str | None = None  # a Chroma server (`chroma run`) instead of the local store
     # Seconds to wait for any one reply of that server before calling it lost. A 128-chunk upsert (one ingest
-    # write at the default batch size) took 0.2-0.5 s into a 100k-chunk collection, the largest a server
-    # accepts (5,461 vectors) 10 s; the first call after a restart ~9 s. See docqa.archive.chroma.
+    # write at the default batch size) took 0.27 s (median; at most 0.83 s) into a collection growing to 100k
+    # chunks, the largest upsert a server accepts (5,461 vectors) 12 s, on a busy 2-core machine
+    # (reliability.json, "server_faults"); the first call after a restart ~9 s. See docqa.archive.chroma.
     chroma_timeout: float = 60.0
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
     embedding_backend: str = "torch"  # "torch" (sentence-transformers) or "static" (model2vec)
