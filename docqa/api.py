@@ -112,13 +112,15 @@ class Store:
 
 def open_store(path: str | Path | None = None, *, chroma_url: str | None = None, collection: str = "docqa",
                embedding_model: str | None = None, embedding_backend: str = "torch", chunk_tokens: int = 200,
-               overlap_tokens: int = 40, batch_size: int = 32) -> Store:
-    """A store in directory `path` (the per-user data directory if None), or in a Chroma server at `chroma_url`."""
+               overlap_tokens: int = 40, batch_size: int = 32,
+               chroma_timeout: float = Settings.chroma_timeout) -> Store:
+    """A store in directory `path` (the per-user data directory if None), or in a Chroma server at `chroma_url`
+    (whose replies are waited for `chroma_timeout` seconds at most, each)."""
     from docqa.settings import DEFAULT_EMBEDDING_MODEL, default_store_dir
 
     store_dir = Path(path).expanduser() if path is not None else default_store_dir()
     settings = Settings(store_dir=store_dir, collection=collection, chroma_url=chroma_url,
                         embedding_model=embedding_model or DEFAULT_EMBEDDING_MODEL,
                         embedding_backend=embedding_backend, chunk_tokens=chunk_tokens,
-                        overlap_tokens=overlap_tokens, batch_size=batch_size)
+                        overlap_tokens=overlap_tokens, batch_size=batch_size, chroma_timeout=chroma_timeout)
     return Store(settings)

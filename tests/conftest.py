@@ -16,7 +16,8 @@ configure_process()  # as the `docqa` command does, before anything imports torc
 def _isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point docqa at a fresh store, whatever the developer's environment says."""
     monkeypatch.setenv("DOCQA_STORE", str(tmp_path / "store"))
-    for var in ("DOCQA_CHROMA_URL", "DOCQA_COLLECTION", "DOCQA_EMBEDDING_MODEL", "DOCQA_EMBEDDING_BACKEND"):
+    for var in ("DOCQA_CHROMA_URL", "DOCQA_CHROMA_TIMEOUT", "DOCQA_COLLECTION", "DOCQA_EMBEDDING_MODEL",
+                "DOCQA_EMBEDDING_BACKEND"):
         monkeypatch.delenv(var, raising=False)
 
 

@@ -64,6 +64,37 @@ def test_concurrent_writers_and_readers_see_a_consistent_store(summaries: dict[s
     assert summaries["exit"] == 0, summaries["output"]
 
 
+SERVER_RUNNER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks import server_crash_test
+sys.exit(server_crash_test.main(["--quick", "--no-record", "--workdir", sys.argv[2], "--summary", sys.argv[3]]))
+"""
+
+
+def test_server_mode_survives_killed_ingests_and_a_killed_or_stopped_server(tmp_path: Path) -> None:
+    """The quick form of benchmarks/server_crash_test.py: a real `chroma run`, two ingests SIGKILLed, then the
+    server itself SIGKILLed and SIGSTOPped mid-ingest (a 5 s time limit); each re-run equals a clean ingest."""
+    summary = tmp_path / "server.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQA_")}
+    result = subprocess.run([sys.executable, "-c", SERVER_RUNNER, str(ROOT), str(tmp_path / "work"), str(summary)],
+                            capture_output=True, text=True, timeout=1500, env=env, check=False)
+    output = f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
+    assert summary.exists(), output
+    found = json.loads(summary.read_text())
+    crash, faults = found["server_crash"], found["server_faults"]
+    for section in (crash, faults):
+        assert not section["failures"], output
+        assert section["chunks_lost"] == section["chunks_duplicated"] == 0, output
+        assert section["tracebacks"] == section["hangs"] == 0, output
+        assert section["chunks_checked"] == section["trials"] * section["corpus"]["chunks"], output
+    assert crash["trials"] == 2 and crash["kills_landed"] >= 1, output
+    # Both faults hit a running ingest and ended it in the one-line error.
+    assert faults["faults"] == {"kill, restart": 1, "stop, resume": 1, "stop, kill, restart": 0}, output
+    assert faults["faults_landed"] == faults["one_line_errors"] == 2, output
+    assert result.returncode == 0, output
+
+
 def test_a_vector_index_damaged_by_a_crash_is_rebuilt_by_the_next_ingest(tmp_path: Path, embedder: Any) -> None:
     from docqa.archive.chroma import local_client
     from testkit.documents import real_text_paragraphs, write_text

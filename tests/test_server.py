@@ -3,18 +3,16 @@ crash recovery through `--chroma-url`, with nothing of the store kept on the cli
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from docqa.ingest.files import source_of
+from testkit.chroma_server import ChromaServer, free_port
 from testkit.documents import real_text_paragraphs, write_multipage_pdf, write_text
 from tests.helpers import (
     assert_invisible,
@@ -27,43 +25,12 @@ from tests.helpers import (
     write_pending,
 )
 
-CHROMA = Path(sys.executable).parent / "chroma"  # the server CLI installed with chromadb
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `chroma run` on a free port, stopped at the end of the module; yields its URL."""
-    data = tmp_path_factory.mktemp("chroma-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(data / "server.log", "wb") as log:
-        process = subprocess.Popen([str(CHROMA), "run", "--path", str(data / "db"), "--port", str(port),
-                                    "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chroma run did not come up:\n{(data / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with ChromaServer(tmp_path_factory.mktemp("chroma-server")) as running:
+        yield running.url
 
 
 @pytest.fixture

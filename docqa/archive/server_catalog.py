@@ -67,6 +67,8 @@ class ServerCatalog(Catalog):
         self.collection_name = collection_name
         try:
             self.table = client.get_or_create_collection(f"{collection_name}__catalog", embedding_function=None)
+        except StoreError:
+            raise  # the server is lost: docqa.archive.chroma says so
         except Exception as exc:  # noqa: BLE001 - chromadb raises several kinds for a bad name or server
             raise StoreError(f"cannot open collection '{collection_name}' on the Chroma server: "
                              f"{str(exc)[:200]}") from None

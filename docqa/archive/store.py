@@ -64,7 +64,7 @@ class ArchivalStore(Searching):
             from docqa.archive.chroma import connect_server
             from docqa.archive.server_catalog import ServerCatalog
 
-            self._client = connect_server(settings.chroma_url)
+            self._client = connect_server(settings.chroma_url, settings.chroma_timeout)
             self.catalog: Catalog = ServerCatalog(self._client, settings.collection)
             self._open_collection()
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from docqa.errors import DocqaError
 from docqa.settings import Settings, default_store_dir
 
 
@@ -25,6 +26,8 @@ def resolve(**flags: object) -> Settings:
     return base.with_(
         collection=pick("collection", "DOCQA_COLLECTION", base.collection),
         chroma_url=pick("chroma_url", "DOCQA_CHROMA_URL", None),
+        chroma_timeout=_seconds("DOCQA_CHROMA_TIMEOUT", pick("chroma_timeout", "DOCQA_CHROMA_TIMEOUT",
+                                                             base.chroma_timeout)),
         embedding_model=pick("embedding_model", "DOCQA_EMBEDDING_MODEL", base.embedding_model),
         embedding_backend=pick("embedding_backend", "DOCQA_EMBEDDING_BACKEND", base.embedding_backend),
         chunk_tokens=int(pick("chunk_tokens", None, base.chunk_tokens)),  # type: ignore[arg-type]
@@ -43,6 +46,17 @@ def resolve(**flags: object) -> Settings:
         max_steps=int(pick("max_steps", None, base.max_steps)),  # type: ignore[arg-type]
         llm_timeout=float(pick("llm_timeout", None, base.llm_timeout)),  # type: ignore[arg-type]
     )
+
+
+def _seconds(name: str, value: object) -> float:
+    """A time limit given as text (an environment variable): a number of seconds above 0."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise DocqaError(f"{name} must be a number of seconds above 0, not '{value}'")
+    return seconds
 
 
 def _flag(value: object) -> bool:

@@ -118,7 +118,8 @@ def store_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Store directory [env DOCQA_STORE; default: per-user data dir]."),
         click.option("--collection", help="Collection name inside the store [env DOCQA_COLLECTION; default docqa]."),
         click.option("--chroma-url", help="Use a Chroma server (chroma run) at this URL instead of a local store "
-                     "[env DOCQA_CHROMA_URL]."),
+                     "[env DOCQA_CHROMA_URL]; docqa waits up to 60 s for each of its replies "
+                     "[env DOCQA_CHROMA_TIMEOUT]."),
         click.option("--embedding-model", help="sentence-transformers model name or local path "
                      "[env DOCQA_EMBEDDING_MODEL; default all-MiniLM-L6-v2 from its PyPI package]."),
         click.option("--embedding-backend", type=click.Choice(["torch", "static"]),
