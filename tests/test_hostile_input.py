@@ -199,8 +199,8 @@ def test_ingesting_a_directory_of_hostile_files(tmp_path: Path, embedder: Any) -
     consistent(tmp_path / "store")
 
 
-# The limit is a repeating SIGALRM; one that lands in a gc callback (hypothesis installs one) is ignored
-# there with this warning, and the next one, 0.5 s later, stops the file.
+# The limit is a repeating SIGPROF; one that lands in a gc callback (hypothesis installs one) is ignored
+# there with this warning, and the next one, 0.5 CPU seconds later, stops the file.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_file_over_the_time_limit_is_reported_and_the_rest_go_in(tmp_path: Path, embedder: Any) -> None:
     corpus = tmp_path / "slow"
@@ -211,7 +211,7 @@ def test_a_file_over_the_time_limit_is_reported_and_the_rest_go_in(tmp_path: Pat
     assert report["files_ingested"] == 1
     [failure] = report["files_failed"]
     assert Path(failure["path"]).name == "huge.txt"
-    assert "took longer than 0.5 s" in failure["error"] and "--file-timeout" in failure["error"]
+    assert "took longer than 0.5 s of CPU time" in failure["error"] and "--file-timeout" in failure["error"]
     assert search_json("zqxquickfile", "--mode", "lexical")["results"]
     consistent(tmp_path / "store")
 

@@ -20,8 +20,9 @@ from docqa.cli.shared import build_settings, emit_json, friendly, open_existing_
               help="Tokens shared by neighbouring chunks (default 40; less than half of --chunk-tokens).")
 @click.option("--batch-size", type=click.IntRange(min=1, max=4096), help="Embedding batch size (default 32).")
 @click.option("--file-timeout", type=click.FloatRange(min=0),
-              help="Give up on a file whose reading and chunking take longer than this many seconds "
-              "(a damaged or hostile file); default 300, 0 = no limit [env DOCQA_FILE_TIMEOUT].")
+              help="Give up on a file whose hashing, or reading and chunking, use more than this many CPU "
+              "seconds (a damaged or hostile file); time spent waiting on a busy machine does not count. "
+              "Default 300, 0 = no limit [env DOCQA_FILE_TIMEOUT].")
 @click.option("--delete", "delete", is_flag=True, help="Remove these documents from the store instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars (they are shown only on a terminal).")

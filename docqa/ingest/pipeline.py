@@ -13,8 +13,9 @@ from tqdm import tqdm
 from docqa.archive.store import ArchivalStore
 from docqa.chunking import chunk_pages
 from docqa.ingest.batching import Batcher, FinishedFile, Progress
-from docqa.ingest.files import FileTimeout, count_pages, discover, file_hash, source_of, time_limited
+from docqa.ingest.files import NotRegular, count_pages, discover, file_hash, source_of
 from docqa.ingest.report import FileFailure, IngestReport
+from docqa.ingest.time_limit import FileTimeout, time_limited, timeout_reason
 from docqa.readers import Page, ReadError, read_pages
 
 
@@ -36,9 +37,9 @@ class Ingestor:
         report = IngestReport()
         files = discover(paths, report, self.notice)
         with self.store.writing():
-            plan = self._plan(files)
+            plan, unreadable = self._plan(files)
             total = sum(pages for _, pages in plan.values())
-            if plan:  # only work to do loads the model: an unchanged re-ingest loads none
+            if total:  # only work to do loads the model: an unchanged re-ingest loads none
                 self._with_status("loading the embedding model…", lambda: self.store.embedder)
             bar = tqdm(total=total, desc="ingesting", unit="page", disable=not self.progress, leave=False,
                        dynamic_ncols=True, mininterval=0.2)
@@ -47,7 +48,10 @@ class Ingestor:
             try:
                 offset = 0
                 for path in files:
-                    digest, pages = plan.get(path, (None, 0))
+                    if path in unreadable:
+                        self._fail(report, path, unreadable[path])
+                        continue
+                    digest, pages = plan[path]
                     self._ingest_file(path, report, batcher, digest, offset, pages)
                     offset += pages
                 batcher.write()
@@ -60,7 +64,7 @@ class Ingestor:
             finally:
                 bar.close()  # leave=False: the bar's line is cleared, so what follows starts on a clean line
             report.chunks_total = self.store.count()
-        if plan:
+        if total:
             self._with_status("preparing fast search (once per model)…", self.store.prepare_query_path,
                               only_if=self.store.query_path_pending)
         report.seconds = time.perf_counter() - started
@@ -75,28 +79,31 @@ class Ingestor:
         finally:
             self.status("")
 
-    def _plan(self, files: list[Path]) -> dict[Path, tuple[str, int]]:
-        """The files that need reading, each with its hash and page count: the bar's total, known up front."""
+    def _plan(self, files: list[Path]) -> tuple[dict[Path, tuple[str, int]], dict[Path, str]]:
+        """Each file's hash and, if it needs reading, its page count (the bar's total, known up front; 0 for
+        an unchanged file); and the files that cannot be hashed, with the reason, reported in their turn."""
         plan: dict[Path, tuple[str, int]] = {}
+        unreadable: dict[Path, str] = {}
         for path in files:
             try:
-                digest = file_hash(path)
-            except OSError:
-                continue  # reported when its turn comes
-            if not self.store.is_current(source_of(path), digest):
-                plan[path] = (digest, count_pages(path, self.settings.file_timeout))
-        return plan
+                digest = file_hash(path, self.settings.file_timeout)
+            except NotRegular as exc:
+                unreadable[path] = str(exc)
+                continue
+            except OSError as exc:
+                unreadable[path] = f"cannot read: {exc.strerror or exc}"
+                continue
+            except FileTimeout:
+                unreadable[path] = timeout_reason(self.settings.file_timeout, "hashing")
+                continue
+            current = self.store.is_current(source_of(path), digest)
+            plan[path] = (digest, 0 if current else count_pages(path, self.settings.file_timeout))
+        return plan, unreadable
 
-    def _ingest_file(self, path: Path, report: IngestReport, batcher: Batcher, digest: str | None = None,
-                     offset: int = 0, page_count: int = 0) -> None:
+    def _ingest_file(self, path: Path, report: IngestReport, batcher: Batcher, digest: str, offset: int,
+                     page_count: int) -> None:
         """Read and chunk one file into the batcher (which commits it later), or report why not."""
         source = source_of(path)
-        if digest is None:
-            try:
-                digest = file_hash(path)
-            except OSError as exc:
-                self._fail(report, path, f"cannot read: {exc.strerror or exc}")
-                return
         if source in batcher.begun:
             batcher.write()  # the same file under a second path (a link): commit the first to compare with
         if self.store.is_current(source, digest):
@@ -127,8 +134,7 @@ class Ingestor:
         except FileTimeout:
             batcher.drop(source)
             batcher.progress.reach(offset + page_count)
-            self._fail(report, path, f"reading took longer than {self.settings.file_timeout:g} s (--file-timeout): "
-                       "a damaged or hostile file? If it is only large, raise --file-timeout")
+            self._fail(report, path, timeout_reason(self.settings.file_timeout))
             return
         batcher.finish(FinishedFile(path, source, generation, digest, len(pages_seen), chunks, tokens, notices,
                                  offset + page_count))

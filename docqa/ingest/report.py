@@ -19,11 +19,18 @@ class IngestReport:
     files_unchanged: int = 0
     files_failed: list[FileFailure] = field(default_factory=list)
     files_skipped: list[str] = field(default_factory=list)
+    # why each skipped path was skipped, in short ("not a supported type", "not a regular file"), for summary()
+    skipped_kinds: dict[str, str] = field(default_factory=dict, repr=False)
     pages: int = 0
     chunks_added: int = 0
     chunks_total: int = 0
     tokens: int = 0
     seconds: float = 0.0
+
+    def skip(self, path: str, kind: str) -> None:
+        """Note a file found in a directory and left out (not a failure: the user did not name it)."""
+        self.files_skipped.append(path)
+        self.skipped_kinds[path] = kind
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,9 +49,12 @@ class IngestReport:
         rate = self.chunks_added / self.seconds if self.seconds else 0.0
         skipped = ""
         if self.files_skipped:
-            names = ", ".join(Path(p).name for p in self.files_skipped[:5])
-            more = f" and {len(self.files_skipped) - 5} more" if len(self.files_skipped) > 5 else ""
-            skipped = f", {len(self.files_skipped)} skipped ({names}{more}: not a supported type)"
+            kinds: dict[str, list[str]] = {}  # the first five names, grouped by why they were skipped
+            for path in self.files_skipped[:5]:
+                kinds.setdefault(self.skipped_kinds.get(path, "not a supported type"), []).append(Path(path).name)
+            why = "; ".join(f"{', '.join(names)}: {kind}" for kind, names in kinds.items())
+            more = f"; and {len(self.files_skipped) - 5} more" if len(self.files_skipped) > 5 else ""
+            skipped = f", {len(self.files_skipped)} skipped ({why}{more})"
         return (
             f"{self.files_ingested} file(s) ingested, {self.files_unchanged} unchanged, "
             f"{len(self.files_failed)} failed{skipped}; {self.pages} pages, {self.chunks_added} chunks added "
