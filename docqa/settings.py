@@ -36,7 +36,7 @@ class Settings:
     chunk_tokens: int = 200  # chunk size in the embedding model's own tokens
     overlap_tokens: int = 40
     batch_size: int = 32  # embedding batch size
-    file_timeout: float = 300.0  # seconds one file may spend being read and chunked (0: no limit)
+    file_timeout: float = 300.0  # CPU seconds one file may spend being hashed, read and chunked (0: no limit)
     page_size: int = 5  # results per search page, as in MemGPT
     search_depth: int = 200  # how deep each ranking goes; pages cover exactly this fused ranking
     # Re-rank this many top results with the full transformer at query time (dense and hybrid search).
