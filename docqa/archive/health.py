@@ -58,6 +58,11 @@ def says_disk_full(exc: BaseException) -> bool:
     return any(marker in str(exc).lower() for marker in _DISK_FULL)
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, from any layer (SQLite, Chroma, the OS), says the disk is full."""
+    return isinstance(exc, DiskFull) or (not isinstance(exc, StoreError) and says_disk_full(exc))
+
+
 def catalog_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
     """The StoreError for what SQLite raised on the catalog at `path`, or None if it is no fault of the file."""
     name = getattr(exc, "sqlite_errorname", "")
@@ -67,6 +72,12 @@ def catalog_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
     if name == "SQLITE_FULL" or says_disk_full(exc):
         return DiskFull(f"the disk holding {path.parent} is full ({text}): free some space and run the command "
                         "again (what was stored before is intact)")
+    if name.startswith("SQLITE_IOERR"):  # what SQLite says when it cannot even create its -shm file
+        space = free_space(path.parent)
+        if space is not None and space < LOW_SPACE:
+            return DiskFull(f"the disk holding {path.parent} is full ({text}): free some space and run the "
+                            "command again (what was stored before is intact)")
+        return StoreError(f"cannot read or write the catalog {path} ({text}): check the disk")
     if name.startswith("SQLITE_READONLY") or "readonly database" in text:
         return ReadOnlyStore(f"read-only store: cannot write the catalog {path} ({text}); list, search and ask "
                              "work, ingest, delete and repair need write access")
@@ -96,7 +107,7 @@ def chroma_error(chroma_dir: Path, exc: BaseException, free_bytes: int | None = 
 
 
 # Below this much free space, a Chroma failure is taken to be the full disk's doing.
-LOW_SPACE = 4 << 20
+LOW_SPACE = 1 << 20
 
 
 def free_space(path: Path) -> int | None:

@@ -11,6 +11,7 @@ keeps every search mode; the catalog is read in place (SQLite can read without w
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +29,11 @@ class PrivateCopy:
         atexit.register(self.remove)
         try:
             if chroma_dir.is_dir():
-                shutil.copytree(chroma_dir, self.home / "chroma", ignore=shutil.ignore_patterns("*.lock"))
+                copy = self.home / "chroma"
+                shutil.copytree(chroma_dir, copy, copy_function=shutil.copyfile)
+                # copytree gives directories the source's mode: read-only ones would stay read-only here
+                for directory, _, _ in os.walk(copy):
+                    os.chmod(directory, 0o700)
         except OSError as exc:
             self.remove()
             raise StoreError(f"read-only store: cannot copy its vectors to {self.home} to search them ({exc}): set "

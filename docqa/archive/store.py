@@ -393,14 +393,14 @@ class ArchivalStore(Searching):
 
     def record_chunks(self, generation: str, source: str, chunks: Sequence[Chunk]) -> None:
         """Put chunks of a begun document in the catalog (first: the catalog must know of every vector)."""
+        self._check_room(chunks)
         self.catalog.add_chunks(generation, source, [(f"{generation}:{c.index}", c.index, c.page_start, c.page_end,
                                                       c.content_hash, c.text, c.section) for c in chunks])
 
     def add_vectors(self, items: Sequence[tuple[str, str, Chunk]], vectors: np.ndarray) -> None:
         """Write recorded chunks of any number of begun documents, (generation, source, chunk) each, to Chroma
         in one call: one call per document cost ~25 ms, most of the time of ingesting small files."""
-        if not self.settings.chroma_url:
-            self._check_room(items, vectors)
+        self._check_room([c for _, _, c in items], vectors)
         with self._chroma() as collection:
             collection.upsert(
                 ids=[f"{generation}:{c.index}" for generation, _, c in items],
@@ -410,23 +410,28 @@ class ArchivalStore(Searching):
                             "page_end": c.page_end, "section": c.section} for generation, source, c in items],
             )
 
-    def _check_room(self, items: Sequence[tuple[str, str, Chunk]], vectors: np.ndarray) -> None:
-        """Stop before a Chroma write the disk has no room for.
+    def _check_room(self, chunks: Sequence[Chunk], vectors: np.ndarray | None = None) -> None:
+        """Stop before a write the disk has no room for (local stores), leaving some room free.
 
         Chroma fails in its own words on a full disk ("Error in compaction: Failed to apply logs"), and worse,
         one that fills while it saves its vector index leaves the index unreadable (an empty pickle) until it
         is rebuilt: every search fails meanwhile. It rewrites the index files whole, so the free space must
-        hold them once more, plus the batch several times over (its write log, metadata, text index).
+        hold them once more, plus the batch several times over (its write log, metadata, text index). The
+        room left free (LOW_SPACE) is what Chroma needs to open the store for searches: it writes as it opens.
         """
-        free = free_space(self.settings.store_dir)
+        free = None if self.settings.chroma_url else free_space(self.settings.store_dir)
         if free is None:
             return
-        batch = vectors.nbytes + sum(len(c.text.encode("utf-8", "surrogatepass")) + 300 for _, _, c in items)
-        needed = index_bytes(self.chroma_dir, self.settings.collection) + 4 * batch + LOW_SPACE
+        needed = LOW_SPACE + 4 * sum(len(c.text.encode("utf-8", "surrogatepass")) + 300 for c in chunks)
+        if vectors is not None:
+            needed += index_bytes(self.chroma_dir, self.settings.collection) + 4 * vectors.nbytes
+        if free < needed and isinstance(self.catalog, SqliteCatalog):
+            self.catalog.checkpoint()
+            free = free_space(self.settings.store_dir) or 0
         if free < needed:
             raise DiskFull(f"the disk holding {self.settings.store_dir} is full ({free / 1e6:.1f} MB free; storing "
-                           f"this batch and saving the vector index needs about {needed / 1e6:.1f} MB): free some "
-                           "space and run the command again (what was stored before is intact)")
+                           f"the next {len(chunks)} chunks needs about {needed / 1e6:.1f} MB): free some space and "
+                           "run the command again (what was stored before is intact)")
 
     def commit_document(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> None:
         self.catalog.commit(source, generation, file_hash, pages, chunks)

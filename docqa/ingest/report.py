@@ -24,6 +24,7 @@ class IngestReport:
     chunks_total: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    error: str | None = None  # why the run stopped before the end (a full disk), if it did
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class IngestReport:
             "chunks_total": self.chunks_total,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
+            "error": self.error,
         }
 
     def summary(self) -> str:
