@@ -455,7 +455,8 @@ def record(section: str, payload: dict[str, Any]) -> Path:
         data = {}
     data["benchmark"] = "reliability"
     data[section] = payload
-    sections = [data[name] for name in ("crash", "concurrency", "hostile_input") if name in data]
+    sections = [data[name] for name in ("crash", "concurrency", "hostile_input", "server_crash", "server_faults",
+                                        "faults") if name in data]
     data["summary"] = {
         "trials": sum(s.get("trials", 0) for s in sections),
         "inputs_tried": sum(s.get("inputs_tried", 0) for s in sections),
@@ -463,6 +464,8 @@ def record(section: str, payload: dict[str, Any]) -> Path:
         "chunks_lost": sum(s.get("chunks_lost", 0) for s in sections),
         "chunks_duplicated": sum(s.get("chunks_duplicated", 0) for s in sections),
         "failures": sum(len(s.get("failures", [])) for s in sections),
+        "tracebacks": sum(s.get("tracebacks", 0) for s in sections),
+        "hangs": sum(s.get("hangs", 0) for s in sections),
     }
     data["machine"] = machine()
     RESULTS.mkdir(parents=True, exist_ok=True)
