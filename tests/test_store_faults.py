@@ -163,3 +163,33 @@ def test_a_damaged_vector_index_is_rebuilt_by_the_next_ingest_without_crashing(
     assert "rebuilding it from the catalog" in done.stderr
     answers_as_before(store, pristine[1])
     assert repaired(store)["problems"] == []
+
+
+def test_repair_rebuilds_the_catalog_of_a_file_changed_since_as_chroma_has_it_and_the_next_ingest_updates_it(
+        pristine: tuple[Path, Path], tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(pristine[1], corpus)
+    store = tmp_path / "store"
+    assert run_docqa("ingest", corpus, "--store", store, "-q").returncode == 0
+    (store / CATALOG).write_bytes(b"")
+    write_text(corpus / "a.txt", (corpus / "a.txt").read_text() + "\nA later line: zqxgamma.")
+    report = repaired(store)
+    assert [Path(s).name for s in report["catalog"]["reembed_on_next_ingest"]] == ["a.txt"]
+    assert finds(store, "zqxalpha", "lexical")  # the version Chroma holds, until the next ingest
+    again = run_docqa("ingest", corpus, "--store", store, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files_ingested"] == 1 and json.loads(again.stdout)["files_unchanged"] == 1
+    assert finds(store, "zqxgamma", "lexical") and finds(store, "zqxgamma", "dense")
+
+
+def test_with_both_halves_damaged_repair_says_to_ingest_again_and_leaves_a_store_that_takes_it(
+        pristine: tuple[Path, Path], tmp_path: Path) -> None:
+    store = damaged_copy(pristine, tmp_path, "truncate:catalog")
+    shutil.rmtree(store / "chroma")
+    done = run_docqa("repair", "--store", store, "--json")
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["lost"] is True
+    assert done.stderr.strip().splitlines()[-1].startswith("docqa: error:") and "ingest" in done.stderr
+    assert list(store.glob(f"{CATALOG}.damaged-*"))
+    assert run_docqa("ingest", pristine[1], "--store", store, "-q").returncode == 0
+    answers_as_before(store, pristine[1])
