@@ -59,6 +59,10 @@ def damaged_copy(pristine: tuple[Path, Path], tmp_path: Path, damage: str) -> Pa
         data = bytearray(target.read_bytes())
         data[:100] = b"\xa5" * 100
         target.write_bytes(bytes(data))
+    elif kind == "garble-front":  # for data_level0.bin: the first vectors' links
+        data = bytearray(target.read_bytes())
+        data[16:4112] = b"\xa5" * 4096
+        target.write_bytes(bytes(data))
     elif kind == "garble-middle":
         data = bytearray(target.read_bytes())
         middle = len(data) // 2
@@ -148,7 +152,7 @@ def test_damaged_or_missing_chroma_files_are_said_then_repaired(pristine: tuple[
 
 
 @pytest.mark.parametrize("damage", ["delete:index_metadata.pickle", "empty:data_level0.bin",
-                                    "truncate:header.bin", "delete:link_lists.bin"])
+                                    "truncate:header.bin", "garble-front:data_level0.bin", "delete:link_lists.bin"])
 def test_a_damaged_vector_index_is_rebuilt_by_the_next_ingest_without_crashing(
         pristine: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
     store = damaged_copy(pristine, tmp_path, damage)
@@ -156,7 +160,8 @@ def test_a_damaged_vector_index_is_rebuilt_by_the_next_ingest_without_crashing(
     assert search.returncode in (0, 1) and "Traceback" not in search.stderr, (search.returncode, search.stderr)
     if search.returncode:
         one_line_pointing_at_repair(search, "chroma")
-    # A truncated header.bin made Chroma's next write crash the process (SIGSEGV): found before Chroma loads it.
+    # A truncated header.bin, or garbled links in data_level0.bin, made Chroma crash the process that loaded them
+    # (SIGSEGV): found before Chroma loads them.
     done = run_docqa("ingest", pristine[1], "--store", store, "--json")
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert json.loads(done.stdout)["files_unchanged"] == 2

@@ -7,6 +7,7 @@ docqa.archive.health for what can go wrong with the files, docqa.archive.readonl
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ from docqa.archive.health import (
     chroma_population,
     free_space,
     index_bytes,
+    index_signature,
     is_interrupt,
     vector_file_problems,
 )
@@ -163,13 +165,30 @@ class LocalAccess:
     _rebuilding = False  # docqa.archive.vectors.rebuild_vectors is making the vectors again
 
     def _check_vector_files(self) -> None:
-        """Refuse to load a vector index whose files are missing or damaged (see docqa.archive.health)."""
+        """Refuse to load a vector index whose files are missing or damaged (see docqa.archive.health).
+
+        Checking the graph's links reads the whole index, so a process that found it sound leaves a note of
+        the files' sizes and times beside the store (`<collection>.index-checked`): until Chroma saves its index
+        again, the next process checks only what costs nothing.
+        """
         if self._rebuilding:
             return
-        problems = vector_file_problems(self.chroma_dir, self.settings.collection, self.catalog.total_chunks())
+        stamp = self.settings.store_dir / f"{self.settings.collection}.index-checked"
+        signature = index_signature(self.chroma_dir, self.settings.collection)
+        try:
+            deep = stamp.read_text() != signature
+        except OSError:
+            deep = True
+        problems = vector_file_problems(self.chroma_dir, self.settings.collection, self.catalog.total_chunks(),
+                                        deep)
         if problems:
             raise StoreDamaged(f"the vector index in {self.chroma_dir} is damaged ({problems[0]}): {REPAIR} (or "
                                "run `docqa ingest` again): it rebuilds the vectors from the catalog", problems[0])
+        if deep and not self.read_only:
+            with contextlib.suppress(OSError):
+                partial = stamp.with_name(stamp.name + ".new")
+                partial.write_text(signature)
+                partial.replace(stamp)
 
     def nearest(self, vectors: list[list[float]], n_results: int) -> tuple[list[str], list[float]]:
         """(ids, cosine distances) of the chunks nearest to the first of `vectors`, nearest first (committed or

@@ -103,6 +103,7 @@ class ArchivalStore(LocalAccess, Searching):
             if check and not settings.chroma_url:
                 self._check_population()
 
+    # -- setup ----------------------------------------------------------------------------------
     @property
     def client(self) -> Any:
         """The Chroma client (for a local store, opened on first use)."""

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from docqa.archive.health import (
     DiskFull,
     ReadOnlyStore,
+    StoreDamaged,
     chroma_database_problem,
-    vector_file_problems,
 )
 from docqa.archive.records import StoreError
 from docqa.chunking import Chunk
@@ -38,9 +38,10 @@ def vector_problem(store: ArchivalStore) -> str | None:
     if catalog.get_meta("vectors_rebuild"):
         return "an earlier rebuild was interrupted"
     committed = catalog.total_chunks()
-    files = vector_file_problems(store.chroma_dir, store.settings.collection, committed)
-    if files:
-        return files[0]
+    try:
+        store._check_vector_files()
+    except StoreDamaged as exc:
+        return exc.detail
     problem = None
     for _ in range(2):  # once more with a fresh client before calling it damage
         try:
