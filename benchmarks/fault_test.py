@@ -173,7 +173,7 @@ def disk_trial(n: int, seed: int, corpus: Corpus, reference: dict[str, Any], nee
     rng = rng_for(seed, 2000 + n)
     disk = work / f"disk-{n:02d}"
     disk.mkdir()
-    how = rng.choice(["small", "small", "filled"])
+    how = rng.choice(["small", "filled"])
     # Chroma's empty database takes ~0.7 MB and docqa keeps 1 MB free (health.LOW_SPACE): a disk smaller than
     # that takes no file at all, one a little larger some of them.
     size_kb = 1024 + rng.randint(needed_kb // 2, needed_kb * 5 // 4) if how == "small" else needed_kb * 3
@@ -186,7 +186,8 @@ def disk_trial(n: int, seed: int, corpus: Corpus, reference: dict[str, Any], nee
     logs = work / "logs" / f"disk{n:02d}"
     first_exit, report = None, {}
     try:
-        filler = _fill_later(disk / "filler", rng.uniform(0.5, 6.0)) if how == "filled" else None
+        filler = _fill_later(disk / "filler", store / "docqa.catalog.sqlite3", rng.uniform(0.0, 3.0)) \
+            if how == "filled" else None
         # Small batches: several store writes per file, so the disk can fill between any two of them.
         code, out, _ = counts.run(["ingest", str(corpus.directory), "-q", "--json", "--batch-size", "4", "--store",
                                    str(store)], launcher, logs.with_name(f"{logs.name}-0"), problems)
@@ -229,9 +230,13 @@ def disk_trial(n: int, seed: int, corpus: Corpus, reference: dict[str, Any], nee
             "lost": final["lost"], "duplicated": final["duplicated"], "chunks": final["chunks"]}
 
 
-def _fill_later(path: Path, delay: float) -> threading.Thread:
-    """Another process's file growing until the disk is full, starting after `delay` seconds."""
+def _fill_later(path: Path, catalog: Path, delay: float) -> threading.Thread:
+    """Another process's file growing until the disk is full, from `delay` seconds after the ingest has begun
+    writing (its catalog exists): the model loads first, and a disk full before any write tests little."""
     def fill() -> None:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not catalog.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(delay)
         subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=64k"], capture_output=True, check=False)
 
