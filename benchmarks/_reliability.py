@@ -454,9 +454,9 @@ def record(section: str, payload: dict[str, Any]) -> Path:
     except (OSError, ValueError):
         data = {}
     data["benchmark"] = "reliability"
-    data[section] = payload
-    sections = [data[name] for name in ("crash", "concurrency", "hostile_input", "server_crash", "server_faults")
-                if name in data]
+    data[section] = {**payload, "machine": machine()}  # each section's own load average and time
+    sections = [data[name] for name in ("crash", "concurrency", "hostile_input", "server_crash", "server_faults",
+                                        "faults") if name in data]
     data["summary"] = {
         "trials": sum(s.get("trials", 0) for s in sections),
         "inputs_tried": sum(s.get("inputs_tried", 0) for s in sections),

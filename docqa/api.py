@@ -24,6 +24,7 @@ from docqa.settings import Settings
 if TYPE_CHECKING:
     from docqa.agent.llm import ChatClient
     from docqa.agent.result import AgentResult
+    from docqa.archive.repair import RepairReport
     from docqa.archive.store import ArchivalStore
 
 
@@ -124,3 +125,18 @@ def open_store(path: str | Path | None = None, *, chroma_url: str | None = None,
                         embedding_backend=embedding_backend, chunk_tokens=chunk_tokens,
                         overlap_tokens=overlap_tokens, batch_size=batch_size, chroma_timeout=chroma_timeout)
     return Store(settings)
+
+
+def repair_store(path: str | Path | None = None, *, collection: str = "docqa", embedding_model: str | None = None,
+                 embedding_backend: str = "torch", chunk_tokens: int = 200, overlap_tokens: int = 40,
+                 batch_size: int = 32) -> RepairReport:
+    """Check the local store in `path` and rebuild what is damaged: its vectors from the catalog, or its catalog
+    from the vectors (a RepairReport says what was found and done; `.lost` if both were damaged). Works where
+    open_store fails on a damaged catalog; the settings are open_store's (those the store was built with)."""
+    from docqa.archive.repair import repair
+    from docqa.settings import DEFAULT_EMBEDDING_MODEL, default_store_dir
+
+    store_dir = Path(path).expanduser() if path is not None else default_store_dir()
+    return repair(Settings(store_dir=store_dir, collection=collection, embedding_model=embedding_model or
+                           DEFAULT_EMBEDDING_MODEL, embedding_backend=embedding_backend, chunk_tokens=chunk_tokens,
+                           overlap_tokens=overlap_tokens, batch_size=batch_size))

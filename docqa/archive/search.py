@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from docqa.archive.catalog import Catalog
+from docqa.archive.health import REPAIR, StoreDamaged
 from docqa.archive.fusion import add_identifier_bonuses, fuse, lexical_bonuses, one_core_less
 from docqa.archive.records import SEARCH_MODES, SearchHit, SearchPage, StoreError, valid_utf8
 from docqa.embeddings.load import load_embedder
@@ -26,6 +28,9 @@ class Searching:
     _embedder: Any
     _rankings: OrderedDict[tuple, list[tuple[str, float]]]
     _chroma_seen: int | None
+    _reader_seen: int | None
+    chroma_dir: Path
+    catalog_name = "the catalog"  # how errors name it (ArchivalStore: its file)
 
     _query_embedder: Any = None
 
@@ -75,6 +80,10 @@ class Searching:
         ranking = self.ranking(query, mode)
         window = ranking[page * size : (page + 1) * size]
         records = self.catalog.records([chunk_id for chunk_id, _ in window])
+        lost = [i for i, _ in window if i not in records]
+        if lost and self.catalog.committed(lost):  # not a version a concurrent write just replaced
+            raise StoreDamaged(f"{self.catalog_name} has lost chunks of committed documents (e.g. {lost[0]}): "
+                               f"{REPAIR} to rebuild it")
         hits = [SearchHit(records[i], score) for i, score in window if i in records]
         return SearchPage(query, page, size, len(ranking), hits, depth=self.settings.search_depth)
 
@@ -172,26 +181,37 @@ class Searching:
     def _dense(self, query: str, depth: int) -> list[tuple[str, float]]:
         # Nothing committed, nothing to find. (The catalog's count is free; Chroma's count() cost ~15 ms a
         # search at 100k chunks, and Chroma simply returns fewer results when it holds fewer.)
-        if not query.strip() or not self.catalog.total_chunks():
+        total = self.catalog.total_chunks()
+        if not query.strip() or not total:
             return []
         vector = self.query_embedder.embed([query]).tolist()
         for attempt in (1, 2):
             try:
                 # Ask past `depth`: uncommitted chunks of a concurrent ingest are dropped below.
                 ids, distances = self.nearest(vector, depth + 64)
-                break
             except Exception as exc:
+                if not self.settings.chroma_url:  # a local store's Chroma raises StoreErrors (see ArchivalStore)
+                    if attempt == 2 or not isinstance(exc, StoreDamaged):
+                        raise
+                    self._chroma_seen = self._reader_seen = None  # a fresh client reads the index from disk again
+                    continue
                 from chromadb.errors import ChromaError  # here, not above: importing chromadb costs ~0.9 s
 
                 if not isinstance(exc, ChromaError):
                     raise
-                if self.settings.chroma_url:
-                    raise StoreError(f"the Chroma server at {self.settings.chroma_url} failed a query ({exc}): "
-                                     "check its log") from None
-                if attempt == 2:
-                    raise StoreError(f"the vector index cannot be read ({exc}); if an ingest was killed, run "
-                                     "`docqa ingest` on this store again (e.g. on the same files): it rebuilds "
-                                     "the index from the catalog") from None
-                self._chroma_seen = None  # a fresh client reads the index from disk again
+                raise StoreError(f"the Chroma server at {self.settings.chroma_url} failed a query ({exc}): "
+                                 "check its log") from None
+            # Chroma holds every committed chunk (they reach it before their commit), so a query finds as many
+            # as it asks for, up to the catalog's count. Fewer: Chroma lost vectors (its directory deleted or
+            # emptied, an index file missing) and says nothing; look once more, then say so.
+            wanted = min(depth + 64, total)
+            if self.settings.chroma_url or len(ids) >= wanted:
+                break
+            if attempt == 2:
+                raise StoreDamaged(f"the vector index in {self.chroma_dir} holds fewer chunks than the catalog "
+                                   f"(a query found {len(ids)} of {wanted}): {REPAIR}: it rebuilds the vectors "
+                                   "from the catalog")
+            self._chroma_seen = self._reader_seen = None  # a write may have been under way: read it again
+            total = self.catalog.total_chunks()
         committed = self.catalog.committed(ids)
         return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i in committed][:depth]

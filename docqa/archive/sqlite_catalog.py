@@ -9,6 +9,7 @@ transaction makes it current (the steps are docqa.archive.catalog's). Whatever a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -62,14 +63,19 @@ _COLUMNS = "c.id, c.text, c.source, c.page_start, c.page_end, c.idx, c.content_h
 class SqliteCatalog(Catalog):
     """SQLite side of the store (WAL mode: readers see the last committed state during an ingest)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """`read_only`: a catalog this process may not write (a read-only mount, another user's files)."""
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._add_section_column()
+        self.read_only = read_only
+        if read_only:
+            self.db = self._connect_read_only()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._add_section_column()
         self._writes = 0  # data_version only counts other connections' commits
         self._common: dict[str, bool] = {}  # query term -> in too many chunks to be worth scoring
         self._common_version = -1
@@ -78,6 +84,30 @@ class SqliteCatalog(Catalog):
         self._generations_version = -1
         self._reader: sqlite3.Connection | None = None  # lexical search's own connection (see _lexical_db)
         self._reader_lock = threading.Lock()
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes. SQLite reads a WAL database through its -shm file, which it must be
+        able to create: where it cannot (a read-only directory, once the last writer removed it), the file is
+        opened as immutable, which is safe there since nobody can change it either."""
+        uri = self.path.resolve().as_uri()
+        for mode in ("mode=ro", "mode=ro&immutable=1"):
+            db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=60, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                self._uri = f"{uri}?{mode}"
+                return db
+            except sqlite3.OperationalError:
+                db.close()
+                if "immutable" in mode:
+                    raise
+        raise AssertionError("unreachable")
+
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the database and empty it: the log only grows during an ingest and may
+        hold megabytes the disk needs back (a failed checkpoint leaves it as it was)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
     def close(self) -> None:
         self.db.close()
@@ -109,6 +139,23 @@ class SqliteCatalog(Catalog):
     def documents(self) -> list[DocumentRow]:
         rows = self.db.execute("SELECT source, generation, file_hash, pages, chunks FROM documents ORDER BY source")
         return [DocumentRow(*row) for row in rows]
+
+    def is_empty(self) -> bool:
+        """Whether the catalog knows of nothing: no document, and no version left for clean-up."""
+        return not self.db.execute("SELECT 1 FROM documents UNION ALL SELECT 1 FROM orphans LIMIT 1").fetchone()
+
+    def sample_ids(self, n: int) -> list[str]:
+        """Up to `n` committed chunk ids spread over the store (a cheap probe of what Chroma holds)."""
+        low, high = self.db.execute("SELECT min(rowid), max(rowid) FROM chunks").fetchone()
+        if low is None or n < 1:
+            return []
+        found: dict[str, None] = {}
+        for k in range(n):
+            row = self.db.execute(f"SELECT c.id FROM chunks c {_CURRENT} WHERE c.rowid >= ? ORDER BY c.rowid LIMIT 1",
+                                  (low + (high - low) * k // n,)).fetchone()
+            if row:
+                found[row[0]] = None
+        return list(found)
 
     def total_chunks(self) -> int:
         return int(self.db.execute("SELECT COALESCE(SUM(chunks), 0) FROM documents").fetchone()[0])
@@ -205,7 +252,11 @@ class SqliteCatalog(Catalog):
         """Lexical search's own connection: hybrid search runs it in a thread while the main connection
         serves the dense side (one SQLite connection runs one statement at a time)."""
         if self._reader is None:
-            self._reader = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            if self.read_only:
+                self._reader = sqlite3.connect(self._uri, uri=True, timeout=60, isolation_level=None,
+                                               check_same_thread=False)
+            else:
+                self._reader = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         return self._reader
 
     def lexical(self, query: str, limit: int) -> list[str]:

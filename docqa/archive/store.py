@@ -12,11 +12,13 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from docqa.archive.chroma import EngineReader, local_client
+from docqa.archive.access import LocalAccess
+from docqa.archive.health import ReadOnlyStore, read_only
 from docqa.archive.records import (
     SEARCH_MODES,
     ChunkRecord,
@@ -46,16 +48,34 @@ def generation_of(source: str, file_hash: str, chunking: str) -> str:
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:12] + version[:12]
 
 
-class ArchivalStore(Searching):
+def chunking_of(settings: Settings) -> str:
+    """What decides a file's chunks and vectors besides its bytes (see ArchivalStore.chunking)."""
+    return (f"chunk_tokens={settings.chunk_tokens} overlap={settings.overlap_tokens} chars_per_token="
+            f"{CHARS_PER_TOKEN} model={settings.embedding_backend}:{settings.embedding_model}")
+
+
+@contextmanager
+def write_lock(store_dir: Path, collection: str) -> Iterator[None]:
+    """Hold a store's write lock: one writer at a time (readers never wait); says so when it has to wait."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    with open(store_dir / f"{collection}.write.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"docqa: another process is writing to this store ({store_dir}); waiting for it to finish...",
+                  file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+class ArchivalStore(LocalAccess, Searching):
     """Chroma + catalog behind one interface: write documents all-or-nothing, search in pages."""
 
     _client: Any = None  # local stores open Chroma on first use: listing, lexical search and an agent's first
     _collection: Any = None  # LLM request need only the catalog (importing chromadb alone costs about a second)
-    _reader: Any = None  # a docqa.archive.chroma.EngineReader while no client is open (see nearest)
-    _reader_seen: int | None = None
-    _reader_failed = False
 
-    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder | None = None, *, check: bool = True) -> None:
+        """`check`: refuse a catalog that is empty beside a populated Chroma (False: for `docqa repair`)."""
         self.settings = settings
         self._embedder = embedder
         self._rankings: OrderedDict[tuple, list[tuple[str, float]]] = OrderedDict()
@@ -68,14 +88,20 @@ class ArchivalStore(Searching):
             self.catalog: Catalog = ServerCatalog(self._client, settings.collection)
             self._open_collection()
         else:
+            self.read_only = read_only(settings.store_dir) or read_only(self.catalog_path)
             try:
-                settings.store_dir.mkdir(parents=True, exist_ok=True)
+                if not self.read_only:
+                    settings.store_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot open the store at {settings.store_dir}: {exc.strerror or exc}; "
                                  "pass --store DIR") from None
-            self.catalog = SqliteCatalog(settings.store_dir / f"{settings.collection}.catalog.sqlite3")
+            with self._guard():
+                self.catalog = SqliteCatalog(self.catalog_path, read_only=self.read_only)
             self._chroma_seen: int | None = None  # the catalog's data_version when our Chroma client loaded
-        self._check_model()
+        with self._guard():
+            self._check_model()
+            if check and not settings.chroma_url:
+                self._check_population()
 
     # -- setup ----------------------------------------------------------------------------------
     @property
@@ -99,57 +125,6 @@ class ArchivalStore(Searching):
             self.settings.collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
         )
 
-    @contextmanager
-    def _chroma(self) -> Iterator[Any]:
-        """The collection for one Chroma call, with the store's Chroma lock held (local stores).
-
-        Embedded Chroma is not made for several processes: any call may replay the write log into the
-        vector index and save the index to disk, so processes take turns, one call at a time (a reader
-        waits for one batch at most, never for a whole ingest). And a client loads the index once, then
-        sees only the writes made through it: when another connection has committed to the catalog since,
-        the client is reopened first. Otherwise a long-lived reader (chat) misses what a concurrent ingest
-        added, or fails with "Nothing found on disk" if the store was empty when it started, and a writer
-        builds on a stale index.
-        """
-        if self.settings.chroma_url:
-            yield self._collection
-            return
-        with open(self.settings.store_dir / "chroma.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            seen = self.catalog.others_version()
-            if seen != self._chroma_seen or self._client is None:
-                self._close_reader()  # from here on this process reads through the client it writes through
-                self._client = local_client(self.settings.store_dir, previous=self._client)
-                self._open_collection()
-                self._chroma_seen = seen
-            yield self._collection
-
-    def nearest(self, vectors: list[list[float]], n_results: int) -> tuple[list[str], list[float]]:
-        """(ids, cosine distances) of the chunks nearest to the first of `vectors`, nearest first (committed or
-        not). A local store that has not opened chromadb's client asks Chroma's engine directly (EngineReader:
-        a cold search then skips importing chromadb); otherwise, or if that fails, the client."""
-        if not self.settings.chroma_url and self._client is None and not self._reader_failed:
-            try:
-                with open(self.settings.store_dir / "chroma.lock", "a") as handle:
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-                    seen = self.catalog.others_version()
-                    if self._reader is None or seen != self._reader_seen:
-                        self._close_reader()
-                        self._reader = EngineReader(self.settings.store_dir, self.settings.collection)
-                        self._reader_seen = seen
-                    return self._reader.nearest(vectors, n_results)
-            except Exception:  # noqa: BLE001 - the bindings are not chromadb's public API: use the client instead
-                self._close_reader()
-                self._reader_failed = True
-        with self._chroma() as collection:
-            result = collection.query(query_embeddings=vectors, n_results=n_results, include=["distances"])
-        return result["ids"][0], result["distances"][0]
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
@@ -171,61 +146,33 @@ class ArchivalStore(Searching):
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the store's write lock (one writer at a time; readers never wait) and clean up crashes."""
-        lock_dir = self.settings.store_dir
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{self.settings.collection}.write.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"docqa: another process is writing to this store ({lock_dir}); waiting for it to finish...",
-                      file=sys.stderr)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+        with self.write_lock(), self._guard():
             if not self.catalog.get_meta("embedding_model"):
                 self.catalog.set_meta("embedding_model", self._model_key())
             self._repair_vectors()
             self.recover()
             yield
 
-    def _repair_vectors(self) -> None:
-        """Rebuild Chroma's vector index from the catalog if it cannot be loaded (under the write lock).
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """The store's write lock alone (`writing` without its clean-up)."""
+        if self.read_only:
+            raise ReadOnlyStore(f"read-only store: {self.settings.store_dir} cannot be written by this user; "
+                                "list, search and ask work, ingest, delete and repair need write access")
+        with write_lock(self.settings.store_dir, self.settings.collection):
+            yield
 
-        Chroma rewrites its index files in place every `hnsw:sync_threshold` vectors; a process killed
-        while it does leaves files no later process can load (e.g. an empty index_metadata.pickle), and
-        every search would fail from then on. The catalog holds the text of every committed chunk, so the
-        vectors are made again: one embedding pass over the store. A rebuild that is itself interrupted is
-        resumed by the next writer (the catalog records it until it is done).
-        """
+    def _repair_vectors(self) -> str | None:
+        """Rebuild Chroma's vectors from the catalog if they are damaged or missing (under the write lock);
+        return the problem found, if any (see docqa.archive.vectors)."""
         if self.settings.chroma_url:
-            return
-        from chromadb.errors import ChromaError
+            return None
+        from docqa.archive.vectors import rebuild_vectors, vector_problem
 
-        problem = "an earlier rebuild was interrupted" if self.catalog.get_meta("vectors_rebuild") else None
-        for _ in range(2 if problem is None else 0):
-            try:
-                with self._chroma() as collection:
-                    collection.count()  # a client's first call loads the index from disk
-                return
-            except ChromaError as exc:
-                problem = str(exc)
-                self._chroma_seen = None  # retry once with a fresh client before calling it damage
-        rows = self.catalog.committed_rows()
-        print(f"docqa: the vector index in {self.settings.store_dir} cannot be loaded ({problem}); rebuilding it "
-              f"from the catalog: {len(rows)} chunks to embed again...", file=sys.stderr)
-        self.catalog.set_meta("vectors_rebuild", "started")
-        with self._chroma():
-            self.client.delete_collection(self.settings.collection)
-            self._open_collection()
-        for generation in self.catalog.orphans():
-            self.catalog.forget_orphan(generation)  # their vectors went with the old collection
-        size = self.settings.batch_size * 4
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
-            vectors = self.embedder.embed([r[1] for r in batch], self.settings.batch_size)
-            with self._chroma() as collection:
-                collection.upsert(ids=[r[0] for r in batch], embeddings=vectors, documents=[r[1] for r in batch],
-                                  metadatas=[{"source": r[2], "generation": r[3], "chunk": r[4], "page_start": r[5],
-                                              "page_end": r[6], "section": r[7]} for r in batch])
-        self.catalog.set_meta("vectors_rebuild", "")
+        problem = vector_problem(self)
+        if problem:
+            rebuild_vectors(self, problem)
+        return problem
 
     def recover(self) -> int:
         """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned."""
@@ -238,21 +185,26 @@ class ArchivalStore(Searching):
 
     # -- documents ------------------------------------------------------------------------------
     def document(self, source: str) -> DocumentRow | None:
-        return self.catalog.document(source)
+        with self._guard():
+            return self.catalog.document(source)
 
     def documents(self) -> list[DocumentRow]:
-        return self.catalog.documents()
+        with self._guard():
+            return self.catalog.documents()
 
     def count(self) -> int:
-        return self.catalog.total_chunks()
+        with self._guard():
+            return self.catalog.total_chunks()
+
+    def search(self, query: str, page: int = 0, page_size: int | None = None, mode: str = "hybrid") -> SearchPage:
+        with self._guard():
+            return super().search(query, page, page_size, mode)
 
     @property
     def chunking(self) -> str:
         """What decides a file's chunks and vectors besides its bytes; part of every generation id, so a
         file ingested again with other settings is a new version (and with the same ones, no change)."""
-        s = self.settings
-        return (f"chunk_tokens={s.chunk_tokens} overlap={s.overlap_tokens} chars_per_token={CHARS_PER_TOKEN} "
-                f"model={self._model_key()}")
+        return chunking_of(self.settings)
 
     def generation_for(self, source: str, file_hash: str) -> str:
         return generation_of(source, file_hash, self.chunking)
@@ -275,12 +227,14 @@ class ArchivalStore(Searching):
 
     def record_chunks(self, generation: str, source: str, chunks: Sequence[Chunk]) -> None:
         """Put chunks of a begun document in the catalog (first: the catalog must know of every vector)."""
+        self._check_room(chunks)
         self.catalog.add_chunks(generation, source, [(f"{generation}:{c.index}", c.index, c.page_start, c.page_end,
                                                       c.content_hash, c.text, c.section) for c in chunks])
 
     def add_vectors(self, items: Sequence[tuple[str, str, Chunk]], vectors: np.ndarray) -> None:
         """Write recorded chunks of any number of begun documents, (generation, source, chunk) each, to Chroma
         in one call: one call per document cost ~25 ms, most of the time of ingesting small files."""
+        self._check_room([c for _, _, c in items], vectors)
         with self._chroma() as collection:
             collection.upsert(
                 ids=[f"{generation}:{c.index}" for generation, _, c in items],

@@ -69,7 +69,9 @@ def ingest(paths: tuple[Path, ...], delete: bool, as_json: bool, quiet: bool, **
         emit_json(report.to_json())
     else:
         click.echo(report.summary())
-    sys.exit(1 if report.files_failed else 0)
+    if report.error:
+        click.echo(f"docqa: error: {report.error}", err=True)
+    sys.exit(1 if report.files_failed or report.error else 0)
 
 
 @click.command()

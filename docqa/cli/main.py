@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from docqa.cli import ask, chat, documents
+from docqa.cli import ask, chat, documents, repair
 from docqa.cli.process import configure_process
 
 
@@ -34,5 +34,5 @@ def main() -> None:
 
 
 for _command in (documents.ingest, documents.delete, documents.list_documents, documents.search, ask.ask, chat.chat,
-                 chat.sessions):
+                 chat.sessions, repair.repair):
     main.add_command(_command)

@@ -150,6 +150,12 @@ def open_existing_store(config: Settings) -> Store:
         if not config.store_dir.is_dir():
             raise UserError(f"no store at {config.store_dir}; run docqa ingest first (or pass --store DIR)")
         if not catalog.exists():
+            from docqa.archive.health import REPAIR, chroma_population
+
+            held = chroma_population(config.store_dir / "chroma", config.collection)
+            if held:
+                raise UserError(f"the catalog {catalog} is missing but Chroma beside it holds {held} chunks of "
+                                f"collection '{config.collection}': {REPAIR} to rebuild it from Chroma")
             raise UserError(f"no collection '{config.collection}' in the store at {config.store_dir}; run docqa "
                             f"ingest --collection {config.collection} first")
     return open_store(config)

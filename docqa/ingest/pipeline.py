@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -10,6 +11,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from docqa.archive.health import DiskFull, disk_full
+from docqa.archive.records import StoreError
 from docqa.archive.store import ArchivalStore
 from docqa.chunking import chunk_pages
 from docqa.ingest.batching import Batcher, FinishedFile, Progress
@@ -36,8 +39,11 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport()
         files = discover(paths, report, self.notice)
-        with self.store.writing():
+        full_disk = _StopOnFullDisk(self.store, report)
+        total = 0
+        with full_disk, self.store.writing():
             plan, unreadable = self._plan(files)
+            full_disk.plan = plan
             total = sum(pages for _, pages in plan.values())
             if total:  # only work to do loads the model: an unchanged re-ingest loads none
                 self._with_status("loading the embedding model…", lambda: self.store.embedder)
@@ -57,14 +63,17 @@ class Ingestor:
                 batcher.write()
                 progress.reach(total)
                 bar.refresh()  # the finished count is drawn before the line is cleared
-            except BaseException:
-                # Interrupted (Ctrl-C) or an unexpected bug: take the files not committed out first.
-                batcher.abort()
+            except BaseException as exc:
+                # Interrupted (Ctrl-C) or an unexpected bug: take the files not committed out first. Not on a full
+                # disk, where removing them would write more: they stay pending, invisible to search, and the
+                # next writer's recover() removes them.
+                if not disk_full(exc):
+                    batcher.abort()
                 raise
             finally:
                 bar.close()  # leave=False: the bar's line is cleared, so what follows starts on a clean line
             report.chunks_total = self.store.count()
-        if total:
+        if total and not report.error:
             self._with_status("preparing fast search (once per model)…", self.store.prepare_query_path,
                               only_if=self.store.query_path_pending)
         report.seconds = time.perf_counter() - started
@@ -147,6 +156,32 @@ class Ingestor:
     def _fail(self, report: IngestReport, path: Path, reason: str) -> None:
         report.files_failed.append(FileFailure(str(path), reason))
         self.notice(f"error: {path}: {reason}")
+
+
+class _StopOnFullDisk:
+    """Ends an ingest that filled the disk with a report: the files committed before count as ingested, the
+    others as failed with the reason (DiskFull: the store stopped before the disk was full, or SQLite found
+    it full and rolled back), and the report says why it stopped."""
+
+    def __init__(self, store: ArchivalStore, report: IngestReport) -> None:
+        self.store = store
+        self.report = report
+        self.plan: dict[Path, tuple[str, int]] = {}
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> bool:
+        if not isinstance(exc, DiskFull):
+            return False
+        self.report.error = str(exc)
+        failed = {failure.path for failure in self.report.files_failed}
+        with contextlib.suppress(StoreError):
+            for path, (digest, _pages) in self.plan.items():
+                if str(path) not in failed and not self.store.is_current(source_of(path), digest):
+                    self.report.files_failed.append(FileFailure(str(path), f"not stored: {exc}"))
+            self.report.chunks_total = self.store.count()
+        return True
 
 
 def delete_paths(store: ArchivalStore, paths: Iterable[Path]) -> tuple[list[str], list[str]]:

@@ -26,6 +26,7 @@ class IngestReport:
     chunks_total: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    error: str | None = None  # why the run stopped before the end (a full disk), if it did
 
     def skip(self, path: str, kind: str) -> None:
         """Note a file found in a directory and left out (not a failure: the user did not name it)."""
@@ -43,6 +44,7 @@ class IngestReport:
             "chunks_total": self.chunks_total,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
+            "error": self.error,
         }
 
     def summary(self) -> str:
