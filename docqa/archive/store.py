@@ -25,8 +25,11 @@ from docqa.archive.records import (
     SearchPage,
     StoreError,
     check_collection_name,
+    chunk_id,
+    chunk_metadata,
     valid_utf8,
 )
+from docqa.archive.resume import Resuming
 from docqa.archive.search import Searching
 from docqa.archive.catalog import Catalog
 from docqa.archive.sqlite_catalog import SqliteCatalog
@@ -46,7 +49,7 @@ def generation_of(source: str, file_hash: str, chunking: str) -> str:
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:12] + version[:12]
 
 
-class ArchivalStore(Searching):
+class ArchivalStore(Searching, Resuming):
     """Chroma + catalog behind one interface: write documents all-or-nothing, search in pages."""
 
     _client: Any = None  # local stores open Chroma on first use: listing, lexical search and an agent's first
@@ -139,8 +142,9 @@ class ArchivalStore(Searching):
             )
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Hold the store's write lock (one writer at a time; readers never wait) and clean up crashes."""
+    def writing(self, resume: bool = False) -> Iterator[None]:
+        """Hold the store's write lock (one writer at a time; readers never wait) and clean up crashes;
+        `resume`: keep what interrupted ingests left pending, for this writer to adopt (see recover)."""
         lock_dir = self.settings.store_dir
         lock_dir.mkdir(parents=True, exist_ok=True)
         with open(lock_dir / f"{self.settings.collection}.write.lock", "w") as handle:
@@ -153,7 +157,7 @@ class ArchivalStore(Searching):
             if not self.catalog.get_meta("embedding_model"):
                 self.catalog.set_meta("embedding_model", self._model_key())
             self._repair_vectors()
-            self.recover()
+            self.recover(resume=resume)
             yield
 
     def _repair_vectors(self) -> None:
@@ -197,9 +201,14 @@ class ArchivalStore(Searching):
                                               "page_end": r[6], "section": r[7]} for r in batch])
         self.catalog.set_meta("vectors_rebuild", "")
 
-    def recover(self) -> int:
-        """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned."""
+    def recover(self, resume: bool = False) -> int:
+        """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned.
+
+        `resume` (an ingest run): the versions interrupted ingests left pending are kept instead, for the run
+        to adopt or to remove at its end (docqa.archive.resume)."""
         orphans = self.catalog.orphans()
+        if resume:
+            orphans = self.keep_resumable(orphans)
         for generation in orphans:
             with self._chroma() as collection:
                 collection.delete(where={"generation": generation})
@@ -245,7 +254,7 @@ class ArchivalStore(Searching):
 
     def record_chunks(self, generation: str, source: str, chunks: Sequence[Chunk]) -> None:
         """Put chunks of a begun document in the catalog (first: the catalog must know of every vector)."""
-        self.catalog.add_chunks(generation, source, [(f"{generation}:{c.index}", c.index, c.page_start, c.page_end,
+        self.catalog.add_chunks(generation, source, [(chunk_id(generation, c), c.index, c.page_start, c.page_end,
                                                       c.content_hash, c.text, c.section) for c in chunks])
 
     def add_vectors(self, items: Sequence[tuple[str, str, Chunk]], vectors: np.ndarray) -> None:
@@ -253,11 +262,10 @@ class ArchivalStore(Searching):
         in one call: one call per document cost ~25 ms, most of the time of ingesting small files."""
         with self._chroma() as collection:
             collection.upsert(
-                ids=[f"{generation}:{c.index}" for generation, _, c in items],
+                ids=[chunk_id(generation, c) for generation, _, c in items],
                 embeddings=vectors,
                 documents=[c.text for _, _, c in items],
-                metadatas=[{"source": source, "generation": generation, "chunk": c.index, "page_start": c.page_start,
-                            "page_end": c.page_end, "section": c.section} for generation, source, c in items],
+                metadatas=[chunk_metadata(generation, source, c) for generation, source, c in items],
             )
 
     def commit_document(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> None:

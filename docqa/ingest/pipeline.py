@@ -1,4 +1,5 @@
-"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> store, idempotent and all-or-none per file."""
+"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> store, idempotent and all-or-none per file,
+resuming what an interrupted run of the same file stored (docqa.archive.resume)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Ingestor:
         started = time.perf_counter()
         report = IngestReport()
         files = discover(paths, report, self.notice)
-        with self.store.writing():
+        with self.store.writing(resume=True):
             plan = self._plan(files)
             total = sum(pages for _, pages in plan.values())
             if plan:  # only work to do loads the model: an unchanged re-ingest loads none
@@ -51,6 +52,7 @@ class Ingestor:
                     self._ingest_file(path, report, batcher, digest, offset, pages)
                     offset += pages
                 batcher.write()
+                self.store.release_resumable()  # interrupted ingests this run did not resume
                 progress.reach(total)
                 bar.refresh()  # the finished count is drawn before the line is cleared
             except BaseException:
@@ -125,10 +127,13 @@ class Ingestor:
             self._fail(report, path, str(exc))
             return
         except FileTimeout:
-            batcher.drop(source)
+            kept = batcher.drop(source, keep=True)
             batcher.progress.reach(offset + page_count)
             self._fail(report, path, f"reading took longer than {self.settings.file_timeout:g} s (--file-timeout): "
                        "a damaged or hostile file? If it is only large, raise --file-timeout")
+            if kept:
+                self.notice(f"note: {path}: a re-run (with a higher --file-timeout) resumes from the chunks "
+                            "embedded so far")
             return
         batcher.finish(FinishedFile(path, source, generation, digest, len(pages_seen), chunks, tokens, notices,
                                  offset + page_count))
