@@ -56,7 +56,8 @@ class Ingestor:
                 progress.reach(total)
                 bar.refresh()  # the finished count is drawn before the line is cleared
             except BaseException:
-                # Interrupted (Ctrl-C) or an unexpected bug: take the files not committed out first.
+                # Interrupted (Ctrl-C) or an unexpected bug: take out the files not committed that have
+                # nothing stored; the others stay pending, invisible, for a re-run to resume.
                 batcher.abort()
                 raise
             finally:
