@@ -15,7 +15,9 @@ from docqa.archive.store import ArchivalStore
 from docqa.chunking import chunk_pages
 from docqa.cli.config import resolve
 from docqa.cli.main import main
-from docqa.readers import Page
+from docqa.ingest.files import file_hash, source_of
+from docqa.readers import Page, read_pages
+from testkit.documents import real_text_paragraphs, write_multipage_pdf
 
 DOCQA = Path(sys.executable).parent / "docqa"  # the console script installed with the package
 
@@ -73,3 +75,25 @@ def assert_invisible(word: str) -> None:
     for mode in ("hybrid", "dense", "lexical"):
         results = search_json(word, "--mode", mode, "--page-size", 100)["results"]
         assert not [hit for hit in results if word in hit["text"]], mode
+
+
+def long_pdf(path: Path, pages: int = 24) -> Path:
+    """A real multi-page PDF of Wikipedia passages (about 3 chunks a page) holding one unique word."""
+    paragraphs = iter(real_text_paragraphs(pages * 5))
+    texts = [" ".join(next(paragraphs) for _ in range(5)) for _ in range(pages)]
+    texts[pages // 2] += " The catalogue number is zqxresumed."
+    return write_multipage_pdf(path, texts)
+
+
+def half_written(pdf: Path, embedder: Any, vectors: int) -> tuple[str, int]:
+    """What an ingest killed inside a Chroma write leaves: every chunk row of the file's version in the
+    catalog, and the vectors of its first `vectors` chunks only. Returns (generation, chunks)."""
+    store = open_store()
+    with store.writing():
+        source = source_of(pdf)
+        generation = store.begin_document(source, file_hash(pdf))
+        chunks = list(chunk_pages(read_pages(pdf, []), embedder.tokenizer, 200, 40))
+        store.record_chunks(generation, source, chunks)
+        store.add_vectors([(generation, source, chunk) for chunk in chunks[:vectors]],
+                          embedder.embed([c.text for c in chunks[:vectors]]))
+    return generation, len(chunks)

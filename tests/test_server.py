@@ -16,8 +16,10 @@ from testkit.chroma_server import ChromaServer, free_port
 from testkit.documents import real_text_paragraphs, write_multipage_pdf, write_text
 from tests.helpers import (
     assert_invisible,
+    half_written,
     ingest_json,
     invoke,
+    long_pdf,
     open_store,
     run_docqa,
     search_json,
@@ -169,6 +171,54 @@ def test_a_live_writer_on_another_client_is_left_alone(tmp_path: Path, remote: s
         writer.wait()
     code, report, _ = ingest_json(write_text(tmp_path / "later.txt", "A later document about kites."))
     assert code == 0 and report["chunks_total"] == 2 == len(stored_chunks())  # the dead writer's chunk is gone
+
+
+def test_an_interrupted_ingest_is_resumed_from_the_server(tmp_path: Path, remote: str, embedder: Any) -> None:
+    pdf = long_pdf(tmp_path / "long.pdf", pages=8)
+    _, total = half_written(pdf, embedder, 10)  # its writer (this process, done writing) is gone
+    code, report, stderr = ingest_json(pdf)
+    assert code == 0, stderr
+    assert (report["chunks_reused"], report["chunks_added"]) == (10, total)
+    assert [meta["chunk"] for _, meta in stored_chunks()] == list(range(total))
+    assert "zqxresumed" in search_json("zqxresumed")["results"][0]["text"]
+
+
+LIVE_PDF_WRITER = """
+import sys, time
+from pathlib import Path
+from docqa.archive.store import ArchivalStore
+from docqa.chunking import chunk_pages
+from docqa.cli.config import resolve
+from docqa.ingest.files import file_hash, source_of
+from docqa.readers import read_pages
+
+store = ArchivalStore(resolve())
+pdf = Path(sys.argv[1])
+generation = store.begin_document(source_of(pdf), file_hash(pdf))
+chunks = list(chunk_pages(read_pages(pdf, []), store.embedder.tokenizer, 200, 40))[:10]
+store.add_chunks(generation, source_of(pdf), chunks, store.embedder.embed([c.text for c in chunks]))
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_live_writers_version_of_the_same_file_is_not_adopted(tmp_path: Path, remote: str, embedder: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client still ingesting the same file: its chunks are not taken as an interrupted run's."""
+    pdf = long_pdf(tmp_path / "long.pdf", pages=8)
+    monkeypatch.setenv("DOCQA_STORE", str(tmp_path / "client-b"))
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_PDF_WRITER, str(pdf)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready", writer.stderr.read()
+        monkeypatch.setenv("DOCQA_STORE", str(tmp_path / "client-a"))
+        code, report, stderr = ingest_json(pdf)
+        assert code == 0, stderr
+        assert report["chunks_reused"] == 0 and "resumed" not in stderr
+    finally:
+        writer.kill()
+        writer.wait()
+    assert [meta["chunk"] for _, meta in stored_chunks()] == list(range(report["chunks_added"]))
 
 
 def test_search_as_a_subprocess(tmp_path: Path, remote: str, embedder: Any) -> None:

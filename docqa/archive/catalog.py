@@ -13,7 +13,8 @@ supplies the storage steps. A version is
     garbage   replaced or deleted: its vectors are still in Chroma until a writer removes them
 
 A crash at any point leaves current versions whole and the others marked, so the next writer's
-`ArchivalStore.recover` removes what they left in Chroma (`orphans`, then `forget_orphan`).
+`ArchivalStore.recover` removes what they left in Chroma (`orphans`, then `forget_orphan`); an ingest
+re-run may first adopt a pending version of the same file instead (`resumable`, docqa.archive.resume).
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ class Catalog(ABC):
                 found.append(mark.generation)
         return found
 
+    def resumable(self) -> dict[str, str]:
+        """Pending generations whose writer is gone (generation -> source): an interrupted ingest's work, which
+        a re-run of the same file may adopt (docqa.archive.resume). Call after `orphans`, which settles the
+        marks of versions that did become current."""
+        return {mark.generation: mark.source for mark in self._marks()
+                if mark.state == PENDING and not mark.writer_alive}
+
     def forget_orphan(self, generation: str) -> None:
         """The orphan's vectors are gone from Chroma: drop what the catalog still holds of it."""
         with self._transaction():
@@ -148,6 +156,11 @@ class Catalog(ABC):
     @abstractmethod
     def add_chunks(self, generation: str, source: str, chunks: Iterable[tuple]) -> None:
         """Chunks of a begun generation: (id, idx, page_start, page_end, content_hash, text, section) each."""
+
+    def known_chunks(self, ids: Sequence[str]) -> set[str]:
+        """The ids among `ids` that have a chunk row here, committed or not; a backend that keeps no rows of
+        its own (a Chroma server: the chunks are the rows) knows them all."""
+        return set(ids)
 
     @abstractmethod
     def get_meta(self, key: str) -> str | None: ...

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from docqa.errors import DocqaError
 from docqa.readers import is_paged, location
+
+if TYPE_CHECKING:
+    from docqa.chunking import Chunk
 
 SEARCH_MODES = ("hybrid", "dense", "lexical")
 # Chroma's rule for collection names; checked before anything is created (the catalog needs it too).
@@ -104,6 +107,17 @@ class DocumentRow:
     file_hash: str
     pages: int
     chunks: int
+
+
+def chunk_id(generation: str, chunk: Chunk) -> str:
+    """A chunk's id in both the catalog and Chroma: `<generation>:<index>`."""
+    return f"{generation}:{chunk.index}"
+
+
+def chunk_metadata(generation: str, source: str, chunk: Chunk) -> dict[str, Any]:
+    """What Chroma stores beside a chunk's vector and text (search filters and shows it)."""
+    return {"source": source, "generation": generation, "chunk": chunk.index, "page_start": chunk.page_start,
+            "page_end": chunk.page_end, "section": chunk.section}
 
 
 def check_collection_name(name: str) -> None:

@@ -74,6 +74,9 @@ class SqliteCatalog(Catalog):
             self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # A row that INSERT OR REPLACE replaces (a chunk written again by a resumed ingest) is deleted
+            # through the delete trigger only with this on; otherwise its old FTS entry would stay behind.
+            self.db.execute("PRAGMA recursive_triggers=ON")
             self.db.executescript(SCHEMA)
             self._add_section_column()
         self._writes = 0  # data_version only counts other connections' commits
@@ -168,6 +171,14 @@ class SqliteCatalog(Catalog):
                 " section) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(c[0], generation, source, *c[1:]) for c in chunks],
             )
+
+    def known_chunks(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            found.update(row[0] for row in self.db.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part))
+        return found
 
     # -- the storage steps of a version's life (docqa.archive.catalog.Catalog) -------------------------
     def _mark(self, generation: str, source: str, state: str) -> None:

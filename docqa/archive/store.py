@@ -27,8 +27,11 @@ from docqa.archive.records import (
     SearchPage,
     StoreError,
     check_collection_name,
+    chunk_id,
+    chunk_metadata,
     valid_utf8,
 )
+from docqa.archive.resume import Resuming
 from docqa.archive.search import Searching
 from docqa.archive.catalog import Catalog
 from docqa.archive.sqlite_catalog import SqliteCatalog
@@ -68,7 +71,7 @@ def write_lock(store_dir: Path, collection: str) -> Iterator[None]:
         yield
 
 
-class ArchivalStore(LocalAccess, Searching):
+class ArchivalStore(LocalAccess, Searching, Resuming):
     """Chroma + catalog behind one interface: write documents all-or-nothing, search in pages."""
 
     _client: Any = None  # local stores open Chroma on first use: listing, lexical search and an agent's first
@@ -144,13 +147,14 @@ class ArchivalStore(LocalAccess, Searching):
             )
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
-        """Hold the store's write lock (one writer at a time; readers never wait) and clean up crashes."""
+    def writing(self, resume: bool = False) -> Iterator[None]:
+        """Hold the store's write lock (one writer at a time; readers never wait) and clean up crashes;
+        `resume`: keep what interrupted ingests left pending, for this writer to adopt (see recover)."""
         with self.write_lock(), self._guard():
             if not self.catalog.get_meta("embedding_model"):
                 self.catalog.set_meta("embedding_model", self._model_key())
             self._repair_vectors()
-            self.recover()
+            self.recover(resume=resume)
             yield
 
     @contextmanager
@@ -174,9 +178,14 @@ class ArchivalStore(LocalAccess, Searching):
             rebuild_vectors(self, problem)
         return problem
 
-    def recover(self) -> int:
-        """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned."""
+    def recover(self, resume: bool = False) -> int:
+        """Remove what interrupted or replaced writes left in Chroma; return how many versions were cleaned.
+
+        `resume` (an ingest run): the versions interrupted ingests left pending are kept instead, for the run
+        to adopt or to remove at its end (docqa.archive.resume)."""
         orphans = self.catalog.orphans()
+        if resume:
+            orphans = self.keep_resumable(orphans)
         for generation in orphans:
             with self._chroma() as collection:
                 collection.delete(where={"generation": generation})
@@ -228,7 +237,7 @@ class ArchivalStore(LocalAccess, Searching):
     def record_chunks(self, generation: str, source: str, chunks: Sequence[Chunk]) -> None:
         """Put chunks of a begun document in the catalog (first: the catalog must know of every vector)."""
         self._check_room(chunks)
-        self.catalog.add_chunks(generation, source, [(f"{generation}:{c.index}", c.index, c.page_start, c.page_end,
+        self.catalog.add_chunks(generation, source, [(chunk_id(generation, c), c.index, c.page_start, c.page_end,
                                                       c.content_hash, c.text, c.section) for c in chunks])
 
     def add_vectors(self, items: Sequence[tuple[str, str, Chunk]], vectors: np.ndarray) -> None:
@@ -237,11 +246,10 @@ class ArchivalStore(LocalAccess, Searching):
         self._check_room([c for _, _, c in items], vectors)
         with self._chroma() as collection:
             collection.upsert(
-                ids=[f"{generation}:{c.index}" for generation, _, c in items],
+                ids=[chunk_id(generation, c) for generation, _, c in items],
                 embeddings=vectors,
                 documents=[c.text for _, _, c in items],
-                metadatas=[{"source": source, "generation": generation, "chunk": c.index, "page_start": c.page_start,
-                            "page_end": c.page_end, "section": c.section} for generation, source, c in items],
+                metadatas=[chunk_metadata(generation, source, c) for generation, source, c in items],
             )
 
     def commit_document(self, source: str, generation: str, file_hash: str, pages: int, chunks: int) -> None:

@@ -42,7 +42,8 @@ def friendly(command: Command) -> Command:
         except click.ClickException:
             raise
         except KeyboardInterrupt:
-            click.echo("docqa: interrupted; nothing half-written was kept", err=True)
+            click.echo("docqa: interrupted; nothing half-written is visible (re-running an interrupted ingest "
+                       "reuses the chunks it stored)", err=True)
             sys.exit(130)
         except Exception as exc:
             if os.environ.get("DOCQA_DEBUG"):

@@ -1,4 +1,5 @@
-"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> store, idempotent and all-or-none per file."""
+"""The ingestion pipeline: files -> pages -> chunks -> embeddings -> store, idempotent and all-or-none per file,
+resuming what an interrupted run of the same file stored (docqa.archive.resume)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class Ingestor:
         files = discover(paths, report, self.notice)
         full_disk = _StopOnFullDisk(self.store, report)
         total = 0
-        with full_disk, self.store.writing():
+        with full_disk, self.store.writing(resume=True):
             plan, unreadable = self._plan(files)
             full_disk.plan = plan
             total = sum(pages for _, pages in plan.values())
@@ -61,12 +62,13 @@ class Ingestor:
                     self._ingest_file(path, report, batcher, digest, offset, pages)
                     offset += pages
                 batcher.write()
+                self.store.release_resumable()  # interrupted ingests this run did not resume
                 progress.reach(total)
                 bar.refresh()  # the finished count is drawn before the line is cleared
             except BaseException as exc:
-                # Interrupted (Ctrl-C) or an unexpected bug: take the files not committed out first. Not on a full
-                # disk, where removing them would write more: they stay pending, invisible to search, and the
-                # next writer's recover() removes them.
+                # Interrupted (Ctrl-C) or an unexpected bug: take out the files not committed that have nothing
+                # stored; the others stay pending, invisible, for a re-run to resume. Not on a full disk, where
+                # removing them would write more: they stay pending, and the next writer resumes or removes them.
                 if not disk_full(exc):
                     batcher.abort()
                 raise
@@ -141,9 +143,12 @@ class Ingestor:
             self._fail(report, path, str(exc))
             return
         except FileTimeout:
-            batcher.drop(source)
+            kept = batcher.drop(source, keep=True)
             batcher.progress.reach(offset + page_count)
             self._fail(report, path, timeout_reason(self.settings.file_timeout))
+            if kept:
+                self.notice(f"note: {path}: a re-run (with a higher --file-timeout) resumes from the chunks "
+                            "embedded so far")
             return
         batcher.finish(FinishedFile(path, source, generation, digest, len(pages_seen), chunks, tokens, notices,
                                  offset + page_count))

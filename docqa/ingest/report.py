@@ -23,6 +23,7 @@ class IngestReport:
     skipped_kinds: dict[str, str] = field(default_factory=dict, repr=False)
     pages: int = 0
     chunks_added: int = 0
+    chunks_reused: int = 0  # of chunks_added, those an interrupted ingest had stored already (not embedded again)
     chunks_total: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -41,6 +42,7 @@ class IngestReport:
             "files_skipped": self.files_skipped,
             "pages": self.pages,
             "chunks_added": self.chunks_added,
+            "chunks_reused": self.chunks_reused,
             "chunks_total": self.chunks_total,
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
@@ -57,8 +59,9 @@ class IngestReport:
             why = "; ".join(f"{', '.join(names)}: {kind}" for kind, names in kinds.items())
             more = f"; and {len(self.files_skipped) - 5} more" if len(self.files_skipped) > 5 else ""
             skipped = f", {len(self.files_skipped)} skipped ({why}{more})"
+        resumed = f"; resumed: {self.chunks_reused} of {self.chunks_added} chunks reused" if self.chunks_reused else ""
         return (
             f"{self.files_ingested} file(s) ingested, {self.files_unchanged} unchanged, "
             f"{len(self.files_failed)} failed{skipped}; {self.pages} pages, {self.chunks_added} chunks added "
-            f"({self.chunks_total} in store) in {self.seconds:.1f} s ({rate:.1f} chunks/s)"
+            f"({self.chunks_total} in store) in {self.seconds:.1f} s ({rate:.1f} chunks/s){resumed}"
         )
