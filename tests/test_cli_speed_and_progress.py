@@ -126,8 +126,9 @@ def test_a_citation_shows_the_words_that_support_the_answer() -> None:
     assert evidence_excerpt(passage, "unrelated words", width=100).startswith("The report covers")
 
 
-def _screen(raw: str) -> list[str]:
-    """The lines a terminal shows after `raw`: handles \\r, \\n, ESC[K and ESC[A, as tqdm uses them."""
+def _screen(raw: str, width: int = 10**6) -> list[str]:
+    """The lines a terminal `width` columns wide shows after `raw`: handles \\r, \\n, ESC[K and ESC[A, as tqdm
+    uses them, and the wrap of text written past the last column."""
     lines, row, col = [""], 0, 0
     for token in re.findall(r"\x1b\[\d*[A-Za-z]|\r|\n|[^\x1b\r\n]+", raw):
         if token == "\n":
@@ -143,25 +144,38 @@ def _screen(raw: str) -> list[str]:
             elif token.endswith("A"):
                 row = max(0, row - int(token[2:-1] or 1))
         else:
-            lines[row] = lines[row][:col] + token + lines[row][col + len(token):]
-            col += len(token)
+            while token:
+                if col >= width:  # the terminal wraps onto the next line
+                    row, col = row + 1, 0
+                    if row == len(lines):
+                        lines.append("")
+                piece, token = token[: width - col], token[width - col:]
+                lines[row] = lines[row][:col] + piece + lines[row][col + len(piece):]
+                col += len(piece)
     return lines
 
 
-def test_ingest_on_a_terminal_shows_one_bar_with_a_total_and_ends_on_a_clean_summary(tmp_path: Path) -> None:
-    pages = ["\n\n".join(real_text_paragraphs(40)[k * 8:(k + 1) * 8]) for k in range(5)]
-    doc = write_text(tmp_path / "book.txt", "\f".join(pages))
+def _own_terminal() -> None:
+    """In the child: make the pseudo-terminal its controlling terminal, as a shell does, so that a ^C typed
+    into it (written to the master) echoes and sends SIGINT."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _run_on_terminal(args: list[str], on_output: Any = None) -> tuple[int, str]:
+    """Run `docqa args` on a 120x40 pseudo-terminal; `on_output(raw so far, master fd)` sees what it printed
+    as it comes. Return the exit code and everything it printed."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen([str(DOCQA), "ingest", str(doc), "--store", str(tmp_path / "store")],
-                               stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    process = subprocess.Popen([str(DOCQA), *args], stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                               preexec_fn=_own_terminal)
     os.close(slave)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         ready, _, _ = select.select([master], [], [], 300)
         if not ready:
             process.kill()
-            pytest.fail("docqa ingest printed nothing for 300 s")
+            pytest.fail(f"docqa {args[0]} printed nothing for 300 s")
         try:
             data = os.read(master, 65536)
         except OSError:  # the child closed the terminal
@@ -169,8 +183,18 @@ def test_ingest_on_a_terminal_shows_one_bar_with_a_total_and_ends_on_a_clean_sum
         if not data:
             break
         chunks.append(data)
-    assert process.wait(timeout=60) == 0
-    raw = b"".join(chunks).decode("utf-8", "replace")
+        if on_output is not None:
+            on_output(b"".join(chunks).decode("utf-8", "replace"), master)
+    code = process.wait(timeout=60)
+    os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_ingest_on_a_terminal_shows_one_bar_with_a_total_and_ends_on_a_clean_summary(tmp_path: Path) -> None:
+    pages = ["\n\n".join(real_text_paragraphs(40)[k * 8:(k + 1) * 8]) for k in range(5)]
+    doc = write_text(tmp_path / "book.txt", "\f".join(pages))
+    code, raw = _run_on_terminal(["ingest", str(doc), "--store", str(tmp_path / "store")])
+    assert code == 0, raw
     frames = re.findall(r"ingesting:[^\r\n\x1b]*", raw)
     assert frames, raw
     assert "loading the embedding model…" in raw
@@ -182,3 +206,25 @@ def test_ingest_on_a_terminal_shows_one_bar_with_a_total_and_ends_on_a_clean_sum
     screen = [line for line in _screen(raw) if line.strip()]
     assert screen[-1].startswith("1 file(s) ingested, 0 unchanged, 0 failed; 5 pages"), screen
     assert not [line for line in screen if "ingesting" in line or "loading" in line], screen
+
+
+def test_ctrl_c_during_an_ingest_leaves_a_clean_terminal_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """^C typed at the bar: the terminal echoes "^C" where the cursor is (a full-width bar made it wrap onto
+    a line the bar's clearing missed), then docqa clears the line and says what happened, on its own line."""
+    paragraphs = real_text_paragraphs(800)
+    doc = write_text(tmp_path / "book.txt", "\f".join("\n\n".join(paragraphs[k * 8:(k + 1) * 8]) for k in range(100)))
+    typed = []
+
+    def interrupt_once_moving(raw: str, master: int) -> None:
+        # at 40 of 100 pages some batches are in Chroma: what a re-run reuses
+        if not typed and re.search(r"\| ?([4-9]\d)/100 \[", raw):
+            os.write(master, b"\x03")
+            typed.append(True)
+
+    code, raw = _run_on_terminal(["ingest", str(doc), "--store", str(tmp_path / "store")], interrupt_once_moving)
+    assert typed and code == 130, raw
+    screen = [line for line in _screen(raw, width=120) if line.strip()]
+    assert screen[-1].startswith("docqa: interrupted; nothing half-written is visible"), screen
+    assert not [line for line in screen if "ingesting" in line or "^C" in line or line.strip() == "C"], screen
+    rerun = invoke("ingest", doc, "--store", tmp_path / "store")
+    assert rerun.exit_code == 0 and "resumed an interrupted ingest" in rerun.stderr, rerun.stderr

@@ -42,6 +42,8 @@ def friendly(command: Command) -> Command:
         except click.ClickException:
             raise
         except KeyboardInterrupt:
+            if sys.stderr.isatty():
+                click.echo("\r\033[K", nl=False, err=True)  # the line the terminal echoed "^C" on
             click.echo("docqa: interrupted; nothing half-written is visible (re-running an interrupted ingest "
                        "reuses the chunks it stored)", err=True)
             sys.exit(130)

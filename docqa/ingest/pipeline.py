@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -49,7 +51,7 @@ class Ingestor:
             if total:  # only work to do loads the model: an unchanged re-ingest loads none
                 self._with_status("loading the embedding model…", lambda: self.store.embedder)
             bar = tqdm(total=total, desc="ingesting", unit="page", disable=not self.progress, leave=False,
-                       dynamic_ncols=True, mininterval=0.2)
+                       ncols=_bar_width(), mininterval=0.2)
             progress = Progress(bar)
             batcher = Batcher(self.store, report, progress, self.notice)
             try:
@@ -161,6 +163,15 @@ class Ingestor:
     def _fail(self, report: IngestReport, path: Path, reason: str) -> None:
         report.files_failed.append(FileFailure(str(path), reason))
         self.notice(f"error: {path}: {reason}")
+
+
+def _bar_width() -> int | None:
+    """The terminal's width less two columns: a full-width bar makes the terminal's own "^C" echo wrap onto
+    the next line, and the bar's clearing would then leave it on screen (None: not a terminal; tqdm's default)."""
+    try:
+        return max(os.get_terminal_size(sys.stderr.fileno()).columns - 2, 20)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class _StopOnFullDisk:
