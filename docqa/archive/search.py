@@ -33,6 +33,7 @@ class Searching:
     catalog_name = "the catalog"  # how errors name it (ArchivalStore: its file)
 
     _query_embedder: Any = None
+    _counted_whole = -1  # the catalog's chunk count when Chroma's count last showed it holds them all
 
     @property
     def query_embedder(self) -> Any:
@@ -202,15 +203,21 @@ class Searching:
                 raise StoreError(f"the Chroma server at {self.settings.chroma_url} failed a query ({exc}): "
                                  "check its log") from None
             # Chroma holds every committed chunk (they reach it before their commit), so a query finds as many
-            # as it asks for, up to the catalog's count. Fewer: Chroma lost vectors (its directory deleted or
-            # emptied, an index file missing) and says nothing; look once more, then say so.
+            # as it asks for, up to the catalog's count. Fewer: Chroma may have lost vectors (its directory
+            # deleted or emptied) and says nothing; look once more, then count what it holds. (The search is
+            # approximate: among many identical vectors, a run of text repeated, it finds fewer than asked
+            # with every vector in place; that is no damage.)
             wanted = min(depth + 64, total)
-            if self.settings.chroma_url or len(ids) >= wanted:
+            if self.settings.chroma_url or len(ids) >= wanted or self._counted_whole == total:
                 break
             if attempt == 2:
+                with self._chroma() as collection:
+                    held = collection.count()
+                if held >= total:
+                    self._counted_whole = total
+                    break
                 raise StoreDamaged(f"the vector index in {self.chroma_dir} holds fewer chunks than the catalog "
-                                   f"(a query found {len(ids)} of {wanted}): {REPAIR}: it rebuilds the vectors "
-                                   "from the catalog")
+                                   f"({held} of {total}): {REPAIR}: it rebuilds the vectors from the catalog")
             self._chroma_seen = self._reader_seen = None  # a write may have been under way: read it again
             total = self.catalog.total_chunks()
         committed = self.catalog.committed(ids)
