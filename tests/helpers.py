@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,10 @@ def half_written(pdf: Path, embedder: Any, vectors: int) -> tuple[str, int]:
         store.add_vectors([(generation, source, chunk) for chunk in chunks[:vectors]],
                           embedder.embed([c.text for c in chunks[:vectors]]))
     return generation, len(chunks)
+
+
+def hear_ctrl_c() -> None:
+    """In a child about to run docqa: take SIGINT's default action back. A shell starts background jobs with
+    SIGINT ignored, children inherit that, and Python then never turns SIGINT into KeyboardInterrupt: run
+    from `cmd &` or nohup, a test that interrupts docqa would see it finish instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

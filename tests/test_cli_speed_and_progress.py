@@ -20,7 +20,7 @@ import pytest
 
 from docqa.cli.evidence import evidence_excerpt
 from testkit.documents import real_text_paragraphs, write_text
-from tests.helpers import DOCQA, invoke, invoke_json
+from tests.helpers import DOCQA, hear_ctrl_c, invoke, invoke_json
 
 
 @pytest.mark.parametrize("command", [["search", "anything"], ["list"], ["ask", "a question?", "--no-llm"],
@@ -160,6 +160,7 @@ def _own_terminal() -> None:
     into it (written to the master) echoes and sends SIGINT."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    hear_ctrl_c()
 
 
 def _run_on_terminal(args: list[str], on_output: Any = None) -> tuple[int, str]:

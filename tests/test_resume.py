@@ -4,7 +4,6 @@ store then equals a clean ingest of the same file (same documents, chunk ids, te
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ from docqa.ingest.files import source_of
 from testkit.documents import write_text
 from tests.helpers import (
     DOCQA,
+    hear_ctrl_c,
     assert_invisible,
     half_written,
     ingest_json,
@@ -45,23 +45,15 @@ def pending_rows(store: Path) -> int:
 
 
 def interrupted_ingest(path: Path, store: Path, rows: int, how: signal.Signals) -> subprocess.CompletedProcess:
-    """Run the real `docqa ingest` and send it `how` once the catalog holds `rows` pending chunk rows.
-
-    On a loaded machine this process can be descheduled between seeing the rows and signalling, and the
-    ingest may finish in between (exit 0, its summary printed): that run proves nothing, so it is tried again
-    in an empty store, up to three times."""
-    for _ in range(3):
-        process = subprocess.Popen([str(DOCQA), "ingest", str(path), "--store", str(store), "-q", "--batch-size",
-                                    "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while process.poll() is None and pending_rows(store) < rows and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert process.poll() is None, f"the ingest ended before it could be interrupted: {process.stderr.read()}"
-        process.send_signal(how)
-        out, err = process.communicate(timeout=120)
-        if not (process.returncode == 0 and "file(s) ingested" in out):
-            break
-        shutil.rmtree(store)  # the signal came after the ingest's work was done
+    """Run the real `docqa ingest` and send it `how` once the catalog holds `rows` pending chunk rows."""
+    process = subprocess.Popen([str(DOCQA), "ingest", str(path), "--store", str(store), "-q", "--batch-size", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=hear_ctrl_c)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and pending_rows(store) < rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, f"the ingest ended before it could be interrupted: {process.stderr.read()}"
+    process.send_signal(how)
+    out, err = process.communicate(timeout=120)
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
