@@ -397,12 +397,21 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
             lost.update(unreachable)
             problems.append(f"{len(unreachable)} committed chunks not in Chroma's vector index")
 
+    found = search_problems(store_obj, words, documents, problems)
+    return {"problems": problems, "lost": len(lost), "duplicated": len(duplicated),
+            "documents": len(documents), "chunks": len(current), "found": found, "vectors_unreadable": False}
+
+
+# -- command line -----------------------------------------------------------------------------------
+def search_problems(store: Any, words: dict[str, str], documents: Any, problems: list[str]) -> int:
+    """Search each committed file's marker word, lexical and hybrid, through `store` (an ArchivalStore): add
+    what is wrong to `problems` and return how many files were found as they should be."""
     found = 0
     for source, word in words.items():
         if source not in documents:
             continue
-        lexical = store_obj.search(word, mode="lexical").hits
-        hybrid = store_obj.search(word, mode="hybrid").hits
+        lexical = store.search(word, mode="lexical").hits
+        hybrid = store.search(word, mode="hybrid").hits
         if not lexical or lexical[0].record.source != source:
             problems.append(f"lexical search for {word} does not find {Path(source).name} first")
         elif source not in {hit.record.source for hit in hybrid}:
@@ -411,11 +420,22 @@ def inspect_store(store: str, words: dict[str, str], references: list[dict[str, 
             found += 1
         if any(hit.record.source not in documents for hit in lexical + hybrid):
             problems.append(f"search for {word} returned a chunk of an uncommitted file")
-    return {"problems": problems, "lost": len(lost), "duplicated": len(duplicated),
-            "documents": len(documents), "chunks": len(current), "found": found, "vectors_unreadable": False}
+    return found
 
 
-# -- command line -----------------------------------------------------------------------------------
+def search_output_problem(run: Run, word: str, source: str) -> str | None:
+    """What is wrong with a finished `docqa search WORD --json` run that should find `source`, if anything."""
+    if run.wait(timeout=600) != 0:
+        return f"docqa search exited {run.returncode}: {run.errors()[-300:]}"
+    try:
+        results = json.loads(run.output())["results"]
+    except (ValueError, KeyError):
+        return f"docqa search printed no JSON: {run.output()[-300:]}"
+    if source not in {hit["source"] for hit in results}:
+        return f"docqa search {word} does not find {Path(source).name}"
+    return None
+
+
 def parse_args(argv: list[str] | None, description: str, quick_help: str, repeat: tuple[str, str],
                launcher_help: str | None = None, workdir_help: str | None = None) -> argparse.Namespace:
     """The options of crash_test.py and concurrency_test.py; `repeat` is the (flag, help) of the run count."""

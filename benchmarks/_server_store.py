@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks._reliability import search_problems
+
 _API = "/api/v2/tenants/default_tenant/databases/default_database/collections"
 
 
@@ -170,19 +172,6 @@ def inspect_server_store(url: str, collection: str, client_dir: str, words: dict
 
     store = ArchivalStore(Settings(store_dir=Path(client_dir), collection=collection, chroma_url=url),
                           embedder=embedder)
-    found = 0
-    for source, word in words.items():
-        if source not in documents:
-            continue
-        lexical = store.search(word, mode="lexical").hits
-        hybrid = store.search(word, mode="hybrid").hits
-        if not lexical or lexical[0].record.source != source:
-            problems.append(f"lexical search for {word} does not find {Path(source).name} first")
-        elif source not in {hit.record.source for hit in hybrid}:
-            problems.append(f"hybrid search for {word} misses {Path(source).name} on page 0")
-        else:
-            found += 1
-        if any(hit.record.source not in documents for hit in lexical + hybrid):
-            problems.append(f"search for {word} returned a chunk of an uncommitted file")
+    found = search_problems(store, words, documents, problems)
     return {"problems": problems, "lost": len(lost), "duplicated": len(duplicated), "documents": len(documents),
             "chunks": len(committed), "found": found}

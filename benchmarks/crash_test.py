@@ -20,7 +20,6 @@ Results go to benchmarks/results/reliability.json (section "crash"); exit code 1
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -41,6 +40,7 @@ from benchmarks._reliability import (  # noqa: E402
     parse_args,
     progress,
     rng_for,
+    search_output_problem,
     start,
 )
 
@@ -73,16 +73,7 @@ def inspect(store: Path, corpus: Corpus, references: list[dict[str, Any]], final
 
 def search_finds(word: str, source: str, store: Path, launcher: str, log: Path) -> str | None:
     """Run `docqa search WORD --json` as a new process; return what is wrong, if anything."""
-    run = Run(["search", word, "--store", str(store), "--json"], launcher, log)
-    if run.wait(timeout=600) != 0:
-        return f"docqa search exited {run.returncode}: {run.errors()[-300:]}"
-    try:
-        results = json.loads(run.output())["results"]
-    except (ValueError, KeyError):
-        return f"docqa search printed no JSON: {run.output()[-300:]}"
-    if source not in {hit["source"] for hit in results}:
-        return f"docqa search {word} does not find {Path(source).name}"
-    return None
+    return search_output_problem(Run(["search", word, "--store", str(store), "--json"], launcher, log), word, source)
 
 
 def run_trial(trial: int, seed: int, corpus: Corpus, references: list[dict[str, Any]], work: Path,

@@ -39,7 +39,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import machine  # noqa: E402
-from benchmarks._reliability import Corpus, Run, build_corpus, in_child, record, rng_for, start  # noqa: E402
+from benchmarks._reliability import (  # noqa: E402
+    Corpus,
+    Run,
+    build_corpus,
+    in_child,
+    record,
+    rng_for,
+    search_output_problem,
+    start,
+)
 from benchmarks._server_store import copy_collection, inspect_server_store, snapshot, vectors_in  # noqa: E402
 from docqa.settings import Settings  # noqa: E402
 from testkit.chroma_server import ChromaServer  # noqa: E402
@@ -86,14 +95,7 @@ class Bench:
                     "chunks": 0, "found": 0}
 
     def search_finds(self, collection: str, word: str, source: str, log: str) -> str | None:
-        run = self.run(["search", word, "--json"], collection, log)
-        if run.wait(timeout=600) != 0:
-            return f"docqa search exited {run.returncode}: {run.errors()[-300:]}"
-        try:
-            results = json.loads(run.output())["results"]
-        except (ValueError, KeyError):
-            return f"docqa search printed no JSON: {run.output()[-300:]}"
-        return None if source in {hit["source"] for hit in results} else f"search {word} misses {Path(source).name}"
+        return search_output_problem(self.run(["search", word, "--json"], collection, log), word, source)
 
     def begin(self, trial: str, rng: Any) -> tuple[str, str]:
         """A fresh collection for a trial, empty or holding the older corpus; (its name, how it starts)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -51,9 +51,7 @@ class LocalAccess:
     _reader: Any = None  # a docqa.archive.chroma.EngineReader while no client is open (see nearest)
     _reader_seen: int | None = None
     _reader_failed = False
-
-    def _open_collection(self) -> None:
-        raise NotImplementedError
+    _open_collection: Callable[[], None]  # ArchivalStore's: (re)open the collection through the current client
 
     @property
     def catalog_path(self) -> Path:
