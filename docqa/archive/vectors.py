@@ -88,12 +88,18 @@ def rebuild_vectors(store: ArchivalStore, problem: str) -> Path | None:
         for generation in catalog.orphans():
             catalog.forget_orphan(generation)  # their vectors went with the old collection
         size = store.settings.batch_size * 4
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
-            vectors = store.embedder.embed([r[1] for r in batch], store.settings.batch_size)
-            store.add_vectors([(generation, source, Chunk(index, text, page_start, page_end, 0, section))
-                               for _id, text, source, generation, index, page_start, page_end, section in batch],
-                              vectors)
+        # On a terminal, a bar: a large store takes minutes to embed again (none in logs or pipes).
+        from tqdm import tqdm
+
+        with tqdm(total=len(rows), desc="rebuilding vectors", unit="chunk", disable=not sys.stderr.isatty(),
+                  leave=False, mininterval=0.2) as bar:
+            for start in range(0, len(rows), size):
+                batch = rows[start : start + size]
+                vectors = store.embedder.embed([r[1] for r in batch], store.settings.batch_size)
+                store.add_vectors([(generation, source, Chunk(index, text, page_start, page_end, 0, section))
+                                   for _id, text, source, generation, index, page_start, page_end, section
+                                   in batch], vectors)
+                bar.update(len(batch))
     finally:
         store._rebuilding = False
     catalog.set_meta("vectors_rebuild", "")
