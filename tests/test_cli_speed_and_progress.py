@@ -100,7 +100,8 @@ def test_a_search_process_embeds_the_query_without_torch(tmp_path: Path, embedde
         f"    main(['search', {query!r}, '--mode', 'dense', '--json'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print('LOADED', [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules])\n"
+        "print('LOADED', [m for m in ('torch', 'sentence_transformers', 'transformers', 'onnxruntime', 'tokenizers',\n"
+        "                             'chromadb') if m in sys.modules])\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ}, check=False)
@@ -109,8 +110,9 @@ def test_a_search_process_embeds_the_query_without_torch(tmp_path: Path, embedde
     import json
 
     hits = json.loads(done.stdout.split("LOADED")[0])["results"]
-    # The ONNX query vector ranks like torch's: the passage the query was taken from comes first, and its
-    # score is the cosine torch gives it.
+    # Neither torch nor onnxruntime nor `tokenizers` (an ASCII query: numpy and docqa's WordPiece), nor
+    # chromadb's Python layer. The query vector ranks like torch's: the passage the query was taken from comes
+    # first, and its score is the cosine torch gives it.
     assert hits[0]["source"].endswith("p3.txt")
     expected = float(embedder.embed([query])[0] @ embedder.embed([hits[0]["text"]])[0])
     assert hits[0]["score"] == pytest.approx(expected, abs=2e-3)

@@ -85,7 +85,7 @@ def one_core_less() -> Iterator[None]:
     gains from a second thread, SQLite does): on 2 cores a 100k-chunk hybrid search took 35 ms with
     torch's two threads fighting SQLite, 22 ms with one, against 17 ms for the dense half alone.
     Only where allowed (allow_thread_tuning): torch's thread count belongs to the whole process."""
-    torch = sys.modules.get("torch") if _tune_threads else None  # the static tier and ONNX queries never load it
+    torch = sys.modules.get("torch") if _tune_threads else None  # the static tier and fast query paths never load it
     threads = torch.get_num_threads() if torch else 1
     if threads < 2:
         yield

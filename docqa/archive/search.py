@@ -37,9 +37,9 @@ class Searching:
 
     @property
     def query_embedder(self) -> Any:
-        """What embeds queries: the transformer's verified ONNX export when one is cached (no torch import:
-        a cold search is ~0.7 s instead of 5-10 s), else the store's embedder. An embedder given to the
-        store is always used as is."""
+        """What embeds queries: the transformer's fast query path when one was checked (numpy, or its ONNX
+        export: no torch import, so a cold search is ~0.2 s instead of 5-10 s), else the store's embedder. An
+        embedder given to the store is always used as is."""
         if self._query_embedder is None:
             fast = None
             if self._embedder is None and self.settings.embedding_backend == "torch":
@@ -152,7 +152,7 @@ class Searching:
             from docqa.archive.rerank import Reranker
             from docqa.embeddings.load import load_query_embedder
 
-            # The transformer's ONNX export embeds the same vectors without importing torch.
+            # The transformer's fast query path embeds the same vectors without importing torch.
             transformer = load_query_embedder(self.settings.embedding_model)
             if transformer is None:
                 from docqa.embeddings.load import prepare_query_embedder

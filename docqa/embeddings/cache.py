@@ -1,4 +1,5 @@
-"""The cache of what docqa makes from an installed model (the static model, the ONNX export), keyed by it."""
+"""The cache of what docqa makes from an installed model (the static model, the query paths' checks, the ONNX
+export), keyed by it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def cache_root() -> Path:
 
 
 def keyed_cache_dir(kind: str, source: Path, recipe: dict[str, Any]) -> Path:
-    """A cache directory for something made from the model at `source` (the static model, the ONNX export),
+    """A cache directory for something made from the model at `source` (the static model, a check, an export),
     keyed by the source's path, its weights files and the recipe."""
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
     digest.update(str(source.resolve()).encode())

@@ -1,18 +1,19 @@
-"""The fast query path: the transformer exported once to ONNX, run with onnxruntime and `tokenizers`.
+"""The query path for models numpy_bert.py cannot run: the transformer exported once to ONNX, run with
+onnxruntime and `tokenizers`.
 
 Importing sentence-transformers and torch costs 5-10 s per process, which a one-query `docqa search`
-(or the agent's first search) would pay for a 10 ms encode. The first process that has the model loaded
-anyway (an ingest that embeds, or a search on a store made before this path existed) exports its graph
-to ONNX, converts it to onnxruntime's ORT format (loadable without graph optimisation), checks that its
-vectors agree with the transformer's on real text (cosine >= MIN_COSINE) and caches it beside the static
-model, keyed by the source model's files. Later processes embed queries with onnxruntime and the model's
-own tokenizer.json: about 0.7 s cold, no torch. A model whose pooling is not plain mean pooling, or an
-export that disagrees with the transformer, is not used: queries then go through torch, as before.
+(or the agent's first search) would pay for a 10 ms encode. For a mean-pooling model that is not a BERT the
+numpy encoder runs (or one it disagrees with), the first process that has the model loaded anyway (an ingest
+that embeds, or a search on a store made before this path existed) exports its graph to ONNX, converts it to
+onnxruntime's ORT format (loadable without graph optimisation), checks that its vectors agree with the
+transformer's on real text (docqa.embeddings.query_check) and caches it beside the static model, keyed by the
+source model's files. Later processes embed queries with onnxruntime and the model's own tokenizer.json: about
+0.5 s cold, no torch. A model whose pooling is not plain mean pooling, or an export that disagrees with the
+transformer, is not used: queries then go through torch, as before.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -22,21 +23,9 @@ from typing import Any
 import numpy as np
 
 from docqa.embeddings.cache import keyed_cache_dir
+from docqa.embeddings.query_check import MIN_COSINE, agreement, mean_pooling_only, read_verdict, write_verdict
 
-MIN_COSINE = 0.999
 RECIPE = {"version": 1, "opset": 17, "format": "ort"}
-# Real text of the kinds docqa embeds (a question, prose, a table row, identifiers, non-English, a long
-# passage past 128 tokens), checked against the transformer before an export is trusted.
-CHECK_TEXTS = [
-    "what is the capital of australia",
-    "Canberra is the capital city of Australia. Founded following the federation of the colonies of "
-    "Australia as the seat of government for the new nation, it is Australia's largest inland city.",
-    "| year | revenue (USD m) | margin |\n| 2019 | 1,204.5 | 12.1% |\n| 2020 | 987.0 | 9.4% |",
-    "key 9f1c2e7a-3b44-4d0e-9a65-0c7f2b1d8e33 maps to value 5e0d9c21-77aa-4f1b-8c2d-3a9e6b4f1c07",
-    "Die Hauptstadt Australiens ist Canberra; 東京は日本の首都です。",
-    " ".join(["The committee reviewed the annual report, noted the decline in membership, and resolved to "
-              "hold the next general meeting in the spring, after the accounts have been audited."] * 6),
-]
 
 
 def cache_dir(source: Path) -> Path:
@@ -46,31 +35,14 @@ def cache_dir(source: Path) -> Path:
 def usable_export(source: Path) -> Path | None:
     """The verified ORT model for the transformer at `source`, or None if there is none (yet)."""
     cache = cache_dir(source)
-    try:
-        meta = json.loads((cache / "check.json").read_text())
-    except (OSError, ValueError):
-        return None
+    verdict = read_verdict(cache)
     model = cache / "model.ort"
-    return model if meta.get("ok") and model.exists() else None
+    return model if verdict and verdict.get("ok") and model.exists() else None
 
 
 def export_tried(source: Path) -> bool:
     """Whether an export was made (usable or rejected): a rejected one is not tried again."""
     return (cache_dir(source) / "check.json").exists()
-
-
-def mean_pooling_only(source: Path) -> bool:
-    """Whether the sentence-transformers model at `source` is Transformer -> mean Pooling (-> Normalize)."""
-    try:
-        modules = json.loads((source / "modules.json").read_text())
-        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
-        pooling_dir = next(m["path"] for m in modules if m["type"].endswith("Pooling"))
-        pooling = json.loads((source / pooling_dir / "config.json").read_text())
-    except (OSError, ValueError, KeyError, StopIteration):
-        return False
-    modes = {k for k, v in pooling.items() if k.startswith("pooling_mode") and v}
-    return kinds[:2] == ["Transformer", "Pooling"] and set(kinds[2:]) <= {"Normalize"} and \
-        modes == {"pooling_mode_mean_tokens"} and (source / "tokenizer.json").exists()
 
 
 def export(source: Path, model: Any) -> Path | None:
@@ -116,17 +88,11 @@ def export(source: Path, model: Any) -> Path | None:
         options.add_session_config_entry("session.save_model_format", "ORT")
         ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         fast = OnnxQueryEmbedder(source.name, work / "model.ort", source, int(model.max_seq_length))
-        expected = np.asarray(model.encode(CHECK_TEXTS, normalize_embeddings=True, convert_to_numpy=True,
-                                           show_progress_bar=False), dtype=np.float32)
-        got = np.concatenate([fast.embed(CHECK_TEXTS), fast.embed(CHECK_TEXTS[:1])])  # padded and alone
-        cosines = np.sum(got[: len(CHECK_TEXTS)] * expected, axis=1).tolist() + [float(got[-1] @ expected[0])]
-        ok = min(cosines) >= MIN_COSINE
-        if ok:
+        min_cosine = agreement(fast, model)
+        if min_cosine >= MIN_COSINE:
             os.replace(work / "model.ort", cache / "model.ort")
-        check = {"ok": ok, "min_cosine": round(min(cosines), 6), "texts": len(CHECK_TEXTS), "source": str(source),
-                 "recipe": RECIPE, "max_seq_length": int(model.max_seq_length)}
-        (work / "check.json").write_text(json.dumps(check, indent=2))
-        os.replace(work / "check.json", cache / "check.json")
+        ok = write_verdict(cache, work, min_cosine, source=str(source), recipe=RECIPE,
+                           max_seq_length=int(model.max_seq_length))
         return cache / "model.ort" if ok else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -180,7 +146,7 @@ def load_query_embedder(name: str, location: str) -> OnnxQueryEmbedder | None:
     if model_file is None:
         return None
     try:
-        meta = json.loads((model_file.parent / "check.json").read_text())
-        return OnnxQueryEmbedder(name, model_file, source, int(meta["max_seq_length"]))
+        verdict = read_verdict(model_file.parent) or {}
+        return OnnxQueryEmbedder(name, model_file, source, int(verdict["max_seq_length"]))
     except Exception:  # a damaged cache or an onnxruntime that cannot load it: torch still works
         return None
