@@ -19,6 +19,7 @@ import numpy as np
 
 from docqa.archive.catalog import Catalog
 from docqa.archive.chroma import EngineReader, local_client
+from docqa.archive.exact import ExactReader, UnknownLayout
 from docqa.archive.health import (
     LOW_SPACE,
     REPAIR,
@@ -48,7 +49,7 @@ class LocalAccess:
     _collection: Any
     _chroma_seen: int | None
     read_only = False  # a local store this process may only read (see docqa.archive.readonly)
-    _reader: Any = None  # a docqa.archive.chroma.EngineReader while no client is open (see nearest)
+    _reader: Any = None  # an ExactReader or EngineReader while no client is open (see nearest)
     _reader_seen: int | None = None
     _reader_failed = False
     _open_collection: Callable[[], None]  # ArchivalStore's: (re)open the collection through the current client
@@ -190,8 +191,9 @@ class LocalAccess:
 
     def nearest(self, vectors: list[list[float]], n_results: int) -> tuple[list[str], list[float]]:
         """(ids, cosine distances) of the chunks nearest to the first of `vectors`, nearest first (committed or
-        not). A local store that has not opened chromadb's client asks Chroma's engine directly (EngineReader:
-        a cold search then skips importing chromadb); otherwise, or if that fails, the client."""
+        not). A local store that has not opened chromadb's client reads the vectors itself (ExactReader, up to
+        EXACT_LIMIT chunks) or asks Chroma's engine directly (EngineReader): a cold search then skips importing
+        chromadb. Otherwise, or if that fails, the client."""
         if not self.settings.chroma_url and self._client is None and not self._reader_failed:
             try:
                 with self._chroma_lock():
@@ -199,7 +201,7 @@ class LocalAccess:
                     if self._reader is None or seen != self._reader_seen:
                         self._close_reader()
                         self._check_vector_files()
-                        self._reader = EngineReader(self._vectors_home(seen), self.settings.collection)
+                        self._reader = self._open_reader(self._vectors_home(seen))
                         self._reader_seen = seen
                     return self._reader.nearest(vectors, n_results)
             except BaseException as exc:  # the bindings are not chromadb's public API: use the client instead
@@ -210,6 +212,14 @@ class LocalAccess:
         with self._chroma() as collection:
             result = collection.query(query_embeddings=vectors, n_results=n_results, include=["distances"])
         return result["ids"][0], result["distances"][0]
+
+    def _open_reader(self, home: Path) -> Any:
+        """An exact reader of the vectors for a store of up to EXACT_LIMIT chunks (faster than Chroma's engine to
+        open), else, or if the files are not as it knows them, Chroma's engine."""
+        try:
+            return ExactReader(home, self.settings.collection)
+        except UnknownLayout:
+            return EngineReader(home, self.settings.collection)
 
     def _close_reader(self) -> None:
         if self._reader is not None:
