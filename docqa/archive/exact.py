@@ -150,8 +150,8 @@ def _saved_vectors(directory: Path) -> tuple[list[str], np.ndarray]:
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Reads dicts, lists, numbers and strings only: a pickle in a store someone else made cannot run code here
-    (Chroma itself reads this file with a Rust parser that builds plain values too)."""
+    """Reads dicts, lists, numbers and strings only (all this file holds): a pickle in a store someone else
+    made cannot run code here."""
 
     def find_class(self, module: str, name: str) -> None:  # type: ignore[override]
         raise pickle.UnpicklingError(f"{module}.{name} is not a plain value")
