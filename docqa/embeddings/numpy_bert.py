@@ -87,10 +87,10 @@ def verify(source: Path, model: Any) -> bool:
 def load_query_embedder(name: str, location: str) -> NumpyBertEmbedder | None:
     """The numpy encoder for the model at `location` if it was checked and agreed; else None."""
     source = Path(location)
-    if not source.is_dir() or not verified(source):
+    verdict = read_verdict(cache_dir(source)) if source.is_dir() else None
+    if not verdict or not verdict.get("ok"):
         return None
     try:
-        verdict = read_verdict(cache_dir(source)) or {}
         return NumpyBertEmbedder(name, source, int(verdict["max_seq_length"]), verdict.get("ascii_tokenizer"))
     except Exception:  # weights changed under a stale verdict, a damaged file: the other paths still work
         return None
